@@ -1,0 +1,1 @@
+"""The Spark feature jobs of twotier."""

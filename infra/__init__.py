@@ -1,0 +1,1 @@
+"""Starting the local stack of real services."""

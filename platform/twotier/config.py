@@ -1,0 +1,294 @@
+"""Typed configuration: ``twotier.yaml`` plus ``TWOTIER_*`` environment variables.
+
+Precedence (highest first): keyword arguments, environment variables
+(``TWOTIER_KAFKA__PORT=19092`` sets ``kafka.port``), the YAML file, defaults.
+Defaults point at the local stack on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from contextvars import ContextVar
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+CONFIG_FILE_ENV = "TWOTIER_CONFIG"
+DEFAULT_CONFIG_FILE = "twotier.yaml"
+LOOPBACK = "127.0.0.1"
+
+
+class ConfigError(ValueError):
+    """A configuration file or value is invalid; the message names file, field and fix."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class KafkaConfig(_Section):
+    """Kafka broker. The local stack runs one KRaft node (broker + controller)."""
+
+    host: str = LOOPBACK
+    port: int = Field(9092, ge=1, le=65535)
+    controller_port: int = Field(9093, ge=1, le=65535)
+    version: str = "4.1.1"
+    heap_mb: int = Field(512, ge=128)
+    bootstrap_servers: str | None = None
+    """Set to use an external cluster; defaults to ``host:port``."""
+
+    @property
+    def bootstrap(self) -> str:
+        return self.bootstrap_servers or f"{self.host}:{self.port}"
+
+
+class MongoDBOnlineStoreConfig(_Section):
+    """Online store on the MongoDB wire protocol (FerretDB locally, MongoDB in production)."""
+
+    type: Literal["mongodb"] = "mongodb"
+    uri: str | None = None
+    """Defaults to the local FerretDB."""
+    database: str = "twotier"
+
+
+OnlineStoreConfig = Annotated[MongoDBOnlineStoreConfig, Field(discriminator="type")]
+
+
+class ClickHouseOfflineStoreConfig(_Section):
+    """Offline store on ClickHouse through clickhouse-connect.
+
+    ``dsn`` is ``chdb:///path`` for the embedded engine (the default, under the
+    data folder) or ``http(s)://user:password@host:port`` for a server.
+    """
+
+    type: Literal["clickhouse"] = "clickhouse"
+    dsn: str | None = None
+    database: str = "twotier"
+    lock_timeout_s: float = Field(120.0, gt=0)
+    """How long a process waits for the embedded engine's single-process lock."""
+
+
+OfflineStoreConfig = Annotated[ClickHouseOfflineStoreConfig, Field(discriminator="type")]
+
+
+class FerretDBConfig(_Section):
+    """The local MongoDB-wire server: FerretDB v1 with the SQLite backend."""
+
+    host: str = LOOPBACK
+    port: int = Field(27017, ge=1, le=65535)
+    version: str = "v1.24.2"
+
+
+class MLflowConfig(_Section):
+    """MLflow tracking server and model registry."""
+
+    host: str = LOOPBACK
+    port: int = Field(5000, ge=1, le=65535)
+    tracking_uri: str | None = None
+    """Set to use an external server; defaults to ``http://host:port``."""
+
+    @property
+    def uri(self) -> str:
+        return self.tracking_uri or f"http://{self.host}:{self.port}"
+
+
+class DagsterConfig(_Section):
+    """Dagster webserver and daemon on the project's code location."""
+
+    host: str = LOOPBACK
+    port: int = Field(3000, ge=1, le=65535)
+
+
+class RayConfig(_Section):
+    """Local Ray head node and Ray Serve HTTP proxy."""
+
+    host: str = LOOPBACK
+    gcs_port: int = Field(6379, ge=1, le=65535)
+    serve_port: int = Field(8000, ge=1, le=65535)
+    num_cpus: int = Field(2, ge=1)
+    object_store_mb: int = Field(256, ge=78)
+    address: str | None = None
+    """Set to join an existing cluster (``ray://`` or ``host:port``)."""
+
+
+class SparkConfig(_Section):
+    """Spark for the feature jobs; the Kafka connector jars come from the cache."""
+
+    master: str = "local[2]"
+    version: str = "4.2.0"
+    """Must equal the installed pyspark version; the connector jars are fetched for it."""
+    scala: str = "2.13"
+    driver_memory: str = "1g"
+    trigger_seconds: int = Field(5, ge=1, le=60)
+
+
+ServiceName = Literal["kafka", "ferretdb", "mlflow", "dagster", "ray"]
+ALL_SERVICES: tuple[ServiceName, ...] = ("kafka", "ferretdb", "mlflow", "dagster", "ray")
+
+
+class StackConfig(_Section):
+    """Which services ``twotier up`` runs locally, and how long each may take to start."""
+
+    services: list[ServiceName] = Field(default_factory=lambda: list(ALL_SERVICES))
+    start_timeout_s: float = Field(180.0, gt=0)
+
+
+class Settings(BaseSettings):
+    """All of twotier's configuration."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="TWOTIER_",
+        env_nested_delimiter="__",
+        extra="forbid",
+    )
+
+    data_dir: Path = Path(".twotier")
+    """Logs, data and pid files of the local stack."""
+    cache_dir: Path | None = None
+    """Downloads and builds; defaults to ``<data_dir>/cache``."""
+    project: str = Field("movielens", pattern=r"^[a-z][a-z0-9_]{0,39}$")
+    """The default project for commands that take ``--project``."""
+    kafka: KafkaConfig = Field(default_factory=KafkaConfig)
+    ferretdb: FerretDBConfig = Field(default_factory=FerretDBConfig)
+    online_store: OnlineStoreConfig = Field(default_factory=MongoDBOnlineStoreConfig)
+    offline_store: OfflineStoreConfig = Field(default_factory=ClickHouseOfflineStoreConfig)
+    mlflow: MLflowConfig = Field(default_factory=MLflowConfig)
+    dagster: DagsterConfig = Field(default_factory=DagsterConfig)
+    ray: RayConfig = Field(default_factory=RayConfig)
+    spark: SparkConfig = Field(default_factory=SparkConfig)
+    stack: StackConfig = Field(default_factory=StackConfig)
+
+    @model_validator(mode="after")
+    def _absolute_paths(self) -> Settings:
+        self.data_dir = self.data_dir.expanduser().resolve()
+        if self.cache_dir is not None:
+            self.cache_dir = self.cache_dir.expanduser().resolve()
+        return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, _YamlSource(settings_cls))
+
+    # -- derived locations -------------------------------------------------
+
+    @property
+    def cache(self) -> Path:
+        return self.cache_dir or self.data_dir / "cache"
+
+    @property
+    def online_store_uri(self) -> str:
+        return self.online_store.uri or f"mongodb://{self.ferretdb.host}:{self.ferretdb.port}/"
+
+    @property
+    def offline_store_dsn(self) -> str:
+        return self.offline_store.dsn or f"chdb://{self.data_dir / 'offline'}"
+
+
+_yaml_data: ContextVar[dict[str, Any]] = ContextVar("_yaml_data", default={})
+
+
+class _YamlSource(PydanticBaseSettingsSource):
+    """The parsed YAML file, below environment variables in precedence."""
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return _yaml_data.get().get(field_name), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return dict(_yaml_data.get())
+
+
+_ENV_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def _expand_env(value: Any) -> Any:
+    """Expand ``${VAR}`` and ``${VAR:-default}`` in every string of a YAML tree."""
+    if isinstance(value, str):
+
+        def sub(match: re.Match[str]) -> str:
+            name, default = match.group(1), match.group(2)
+            if name in os.environ:
+                return os.environ[name]
+            if default is not None:
+                return default
+            raise ConfigError(f"environment variable ${{{name}}} is not set (use ${{{name}:-default}})")
+
+        return _ENV_VAR.sub(sub, value)
+    if isinstance(value, dict):
+        return {k: _expand_env(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_expand_env(v) for v in value]
+    return value
+
+
+def _describe(error: dict[str, Any]) -> str:
+    field = ".".join(str(p) for p in error["loc"]) or "<root>"
+    message = error["msg"]
+    if error["type"] == "extra_forbidden":
+        message = "unknown field"
+    elif error["type"] == "literal_error":
+        message = f"{message}"
+    ctx = error.get("ctx") or {}
+    if "expected" in ctx and "expected" not in message:
+        message += f" (allowed: {ctx['expected']})"
+    return f"{field}: {message} (got {error.get('input')!r})"
+
+
+def _resolve_path(path: str | Path | None) -> Path | None:
+    if path is not None:
+        return Path(path)
+    if os.environ.get(CONFIG_FILE_ENV):
+        return Path(os.environ[CONFIG_FILE_ENV])
+    default = Path(DEFAULT_CONFIG_FILE)
+    return default if default.exists() else None
+
+
+def load_settings(path: str | Path | None = None, **overrides: Any) -> Settings:
+    """Load settings from a YAML file, ``TWOTIER_*`` variables and overrides.
+
+    Args:
+        path: The YAML file. Defaults to ``$TWOTIER_CONFIG`` or ``./twotier.yaml`` if present.
+        **overrides: Values that win over the file and the environment.
+
+    Returns:
+        The validated settings.
+
+    Raises:
+        ConfigError: The file is missing, is not YAML, or a value is invalid. The message
+            names the file, the field and what is allowed.
+    """
+    file = _resolve_path(path)
+    data: dict[str, Any] = {}
+    source = "environment"
+    if file is not None:
+        source = str(file)
+        if not file.exists():
+            raise ConfigError(f"{file}: config file not found (set {CONFIG_FILE_ENV} or create it)")
+        try:
+            loaded = yaml.safe_load(file.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{file}: not valid YAML: {exc}") from exc
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{file}: top level must be a mapping, got {type(loaded).__name__}")
+        try:
+            data = _expand_env(loaded)
+        except ConfigError as exc:
+            raise ConfigError(f"{file}: {exc}") from exc
+    token = _yaml_data.set(data)
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        lines = "; ".join(_describe(e) for e in exc.errors())  # type: ignore[arg-type]
+        raise ConfigError(f"{source}: invalid configuration: {lines}") from exc
+    finally:
+        _yaml_data.reset(token)

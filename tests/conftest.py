@@ -1,0 +1,103 @@
+"""Shared fixtures: one per real service, each started through the project's infra code.
+
+Tests use their own data folder and ports (the defaults plus an offset) so they never
+touch a stack started with ``twotier up``; downloads and builds come from the shared cache.
+
+Environment:
+    TWOTIER_TEST_DATA_DIR: data folder of the test stack (default ``.twotier-test``).
+    TWOTIER_TEST_PORT_OFFSET: added to every default port (default 10000).
+    TWOTIER_TEST_CACHE_DIR: cache folder (default ``.twotier/cache``, shared with ``twotier up``).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from twotier.config import Settings, load_settings
+from twotier.infra.service import Service
+from twotier.infra.stack import make_service
+
+REPO = Path(__file__).resolve().parent.parent
+MOVIELENS = (REPO.parent / "shared" / "datasets" / "movielens-small").resolve()
+
+
+def _test_settings() -> Settings:
+    offset = int(os.environ.get("TWOTIER_TEST_PORT_OFFSET", "10000"))
+    data_dir = Path(os.environ.get("TWOTIER_TEST_DATA_DIR", REPO / ".twotier-test"))
+    cache_dir = Path(os.environ.get("TWOTIER_TEST_CACHE_DIR", REPO / ".twotier" / "cache"))
+    return load_settings(
+        path=REPO / "tests" / "twotier-test.yaml",
+        data_dir=data_dir,
+        cache_dir=cache_dir,
+        kafka={"port": 9092 + offset, "controller_port": 9093 + offset},
+        ferretdb={"port": 27017 + offset},
+        mlflow={"port": 5000 + offset},
+        dagster={"port": 3000 + offset},
+        ray={"gcs_port": 6379 + offset, "serve_port": 8000 + offset},
+    )
+
+
+@pytest.fixture(scope="session")
+def settings() -> Settings:
+    """Settings of the test stack (own data folder and ports, shared cache)."""
+    return _test_settings()
+
+
+@pytest.fixture(scope="session")
+def movielens() -> Path:
+    """The MovieLens small data set in ../shared (never copied into the repo)."""
+    if not (MOVIELENS / "ratings.csv").exists():
+        pytest.fail(f"MovieLens data not found at {MOVIELENS}")
+    return MOVIELENS
+
+
+def _service(name: str, settings: Settings) -> Iterator[Service]:
+    service = make_service(name, settings)
+    service.start(print)
+    try:
+        yield service
+    finally:
+        service.stop()
+
+
+@pytest.fixture(scope="session")
+def kafka(settings: Settings) -> Iterator[Service]:
+    """A real Kafka 4 broker (KRaft) on loopback."""
+    yield from _service("kafka", settings)
+
+
+@pytest.fixture(scope="session")
+def ferretdb(settings: Settings) -> Iterator[Service]:
+    """A real FerretDB (MongoDB wire protocol) on loopback."""
+    yield from _service("ferretdb", settings)
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(settings: Settings) -> Iterator[Service]:
+    """A real MLflow tracking server and registry on loopback."""
+    yield from _service("mlflow", settings)
+
+
+@pytest.fixture(scope="session")
+def dagster_service(settings: Settings) -> Iterator[Service]:
+    """The Dagster webserver and daemon on the project's code location."""
+    yield from _service("dagster", settings)
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(settings: Settings) -> Iterator[Service]:
+    """A local Ray head node with Serve HTTP on loopback."""
+    yield from _service("ray", settings)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark tests by folder: tests/unit → unit, tests/integration → integration, tests/e2e → e2e."""
+    for item in items:
+        parts = Path(str(item.fspath)).parts
+        for marker in ("unit", "integration", "e2e"):
+            if marker in parts:
+                item.add_marker(getattr(pytest.mark, marker))
