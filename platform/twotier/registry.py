@@ -1,0 +1,149 @@
+"""The MLflow model registry as twotier uses it: ONNX versions, aliases, the feature spec.
+
+Every registered model is an ONNX graph logged with ``mlflow.onnx`` plus the ordered
+list of input feature names, stored as the version tag ``twotier.feature_names`` so
+that serving can build exactly the training layout.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import onnx
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+
+FEATURES_TAG = "twotier.feature_names"
+ONNX_FILE = "model.onnx"
+
+
+class ModelNotFound(LookupError):
+    """A registered model, version or alias does not exist."""
+
+
+@dataclass(frozen=True)
+class ModelVersionRef:
+    """One exact registered model version."""
+
+    name: str
+    version: str
+    run_id: str | None
+    feature_names: tuple[str, ...]
+
+    @property
+    def model_id(self) -> str:
+        """``name/version``: the id that crosses the wire to multiplexed replicas."""
+        return f"{self.name}/{self.version}"
+
+
+def client(tracking_uri: str) -> MlflowClient:
+    """An MLflow client for the tracking server and registry at ``tracking_uri``."""
+    return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+
+
+# -- registration ---------------------------------------------------------------
+
+
+def register_onnx(
+    onnx_model: onnx.ModelProto,
+    *,
+    tracking_uri: str,
+    name: str,
+    feature_names: list[str],
+    experiment: str,
+    params: dict[str, Any] | None = None,
+    metrics: dict[str, float] | None = None,
+    alias: str | None = "champion",
+) -> ModelVersionRef:
+    """Log an ONNX model in a new run, register it as a new version and set an alias.
+
+    Args:
+        onnx_model: The converted, parity-checked model.
+        tracking_uri: The MLflow server.
+        name: Registered model name, ``<project>.<tier>.<model>`` (see ``twotier.naming``).
+        feature_names: The model's input columns, in order.
+        experiment: MLflow experiment that receives the run.
+        params: Training parameters to log.
+        metrics: Evaluation metrics to log.
+        alias: Alias to point at the new version, or None to leave aliases alone.
+
+    Returns:
+        The new version.
+    """
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_registry_uri(tracking_uri)
+    mlflow.set_experiment(experiment)
+    with mlflow.start_run() as run:
+        if params:
+            mlflow.log_params(params)
+        if metrics:
+            mlflow.log_metrics(metrics)
+        mlflow.log_dict({"feature_names": feature_names}, "feature_spec.json")
+        info = mlflow.onnx.log_model(onnx_model, name="model", registered_model_name=name)
+    c = client(tracking_uri)
+    version = str(info.registered_model_version)
+    c.set_model_version_tag(name, version, FEATURES_TAG, json.dumps(feature_names))
+    if alias:
+        c.set_registered_model_alias(name, alias, version)
+    return ModelVersionRef(name, version, run.info.run_id, tuple(feature_names))
+
+
+def set_alias(tracking_uri: str, name: str, alias: str, version: str | int) -> None:
+    """Point ``alias`` of model ``name`` at ``version`` (the promotion step)."""
+    client(tracking_uri).set_registered_model_alias(name, alias, str(version))
+
+
+# -- resolution -----------------------------------------------------------------
+
+
+def _ref(mv: Any) -> ModelVersionRef:
+    tags = mv.tags or {}
+    features = tuple(json.loads(tags[FEATURES_TAG])) if FEATURES_TAG in tags else ()
+    return ModelVersionRef(mv.name, str(mv.version), mv.run_id, features)
+
+
+def resolve(tracking_uri: str, name: str, alias: str) -> ModelVersionRef:
+    """Resolve ``name@alias`` to the exact version it points at now.
+
+    Raises:
+        ModelNotFound: The model or alias does not exist.
+    """
+    try:
+        mv = client(tracking_uri).get_model_version_by_alias(name, alias)
+    except MlflowException as exc:
+        raise ModelNotFound(f"model {name!r} has no alias {alias!r} in {tracking_uri}") from exc
+    return _ref(mv)
+
+
+def get_version(tracking_uri: str, name: str, version: str | int) -> ModelVersionRef:
+    """The registered version ``name/version``.
+
+    Raises:
+        ModelNotFound: The model or version does not exist.
+    """
+    try:
+        mv = client(tracking_uri).get_model_version(name, str(version))
+    except MlflowException as exc:
+        raise ModelNotFound(f"model {name!r} has no version {version} in {tracking_uri}") from exc
+    return _ref(mv)
+
+
+def load_onnx_bytes(tracking_uri: str, name: str, version: str | int) -> bytes:
+    """Download the ONNX graph of ``name/version`` and return its serialized bytes."""
+    mlflow.set_tracking_uri(tracking_uri)
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            path = mlflow.artifacts.download_artifacts(
+                artifact_uri=f"models:/{name}/{version}", dst_path=tmp, tracking_uri=tracking_uri
+            )
+        except MlflowException as exc:
+            raise ModelNotFound(f"cannot download models:/{name}/{version}: {exc}") from exc
+        files = sorted(Path(path).rglob("*.onnx"))
+        if not files:
+            raise ModelNotFound(f"models:/{name}/{version} holds no .onnx file")
+        return files[0].read_bytes()
