@@ -195,17 +195,17 @@ class Settings(BaseSettings):
         return self.offline_store.dsn or f"chdb://{self.data_dir / 'offline'}"
 
 
-_yaml_data: ContextVar[dict[str, Any]] = ContextVar("_yaml_data", default={})
+_yaml_data: ContextVar[dict[str, Any] | None] = ContextVar("_yaml_data", default=None)
 
 
 class _YamlSource(PydanticBaseSettingsSource):
     """The parsed YAML file, below environment variables in precedence."""
 
     def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
-        return _yaml_data.get().get(field_name), field_name, False
+        return (_yaml_data.get() or {}).get(field_name), field_name, False
 
     def __call__(self) -> dict[str, Any]:
-        return dict(_yaml_data.get())
+        return dict(_yaml_data.get() or {})
 
 
 _ENV_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -221,7 +221,9 @@ def _expand_env(value: Any) -> Any:
                 return os.environ[name]
             if default is not None:
                 return default
-            raise ConfigError(f"environment variable ${{{name}}} is not set (use ${{{name}:-default}})")
+            raise ConfigError(
+                f"environment variable ${{{name}}} is not set (use ${{{name}:-default}})"
+            )
 
         return _ENV_VAR.sub(sub, value)
     if isinstance(value, dict):

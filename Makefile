@@ -1,0 +1,60 @@
+# twotier: `make demo` and `make test` work on a fresh clone with only what the machine has
+# (Python 3.11, Java 17 + Maven, Go). Everything else is installed and cached here.
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+TWOTIER := $(BIN)/twotier
+DATASET ?= ../shared/datasets/movielens-small
+PROJECT ?= movielens
+DEMO_LIMIT ?= 20000
+PYTEST_ARGS ?=
+
+.PHONY: help setup stack-install up down status demo test test-unit test-integration lint format clean
+
+help:  ## List the targets.
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
+
+$(BIN)/.installed: pyproject.toml constraints.txt
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev]'
+	@touch $@
+
+setup: $(BIN)/.installed  ## Create .venv with the pinned dependencies.
+
+stack-install: setup  ## Download and build Kafka, FerretDB and the Spark jars (cached).
+	$(TWOTIER) install
+
+up: setup  ## Start the local stack (idempotent).
+	$(TWOTIER) up
+
+down:  ## Stop the local stack.
+	@test -x $(TWOTIER) && $(TWOTIER) down || true
+
+status: setup  ## Show the local stack.
+	$(TWOTIER) status
+
+demo: setup  ## Start the stack and run the walking skeleton end to end.
+	$(BIN)/python -m twotier.infra.demo --project $(PROJECT) --dataset $(DATASET) --limit $(DEMO_LIMIT)
+
+test: setup stack-install  ## Install everything and run every test (unit, integration, e2e).
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-unit: setup  ## Unit tests only (no services).
+	$(BIN)/python -m pytest -m unit $(PYTEST_ARGS)
+
+test-integration: setup stack-install  ## Integration and e2e tests (real services).
+	$(BIN)/python -m pytest -m "integration or e2e" $(PYTEST_ARGS)
+
+lint: setup  ## ruff (lint + format check) and mypy.
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy platform pipelines serve_apps feature_jobs infra tests
+
+format: setup  ## Apply ruff's fixes and formatting.
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+clean: down  ## Remove the venv and the local data (keeps nothing).
+	rm -rf $(VENV) .twotier .twotier-test

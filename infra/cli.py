@@ -1,0 +1,94 @@
+"""``twotier up | down | status | install | logs``: the local stack from the command line."""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from twotier.cli import console, progress_lines, state
+
+OnlyOption = Annotated[
+    list[str] | None,
+    typer.Option("--only", help="Act on this service only (repeatable): kafka, ferretdb, …"),
+]
+
+
+def up(only: OnlyOption = None) -> None:
+    """Start the local stack (idempotent); downloads and builds on first use, cached after."""
+    from twotier.infra.stack import Stack
+
+    settings = state.settings()
+    stack = Stack(settings, only)
+    started = time.monotonic()
+    with progress_lines("starting the local stack") as show:
+        stack.up(show)
+    console.print(f"[green]stack up[/green] in {time.monotonic() - started:.1f} s")
+    _print_status(stack)
+
+
+def down(only: OnlyOption = None) -> None:
+    """Stop the local stack; leaves no process behind."""
+    from twotier.infra.stack import Stack
+
+    stack = Stack(state.settings(), only)
+    with progress_lines("stopping the local stack") as show:
+        stack.down(show)
+    console.print("[green]stack down[/green]")
+
+
+def status(only: OnlyOption = None) -> None:
+    """Show each service: running, healthy, pid, endpoint."""
+    from twotier.infra.stack import Stack
+
+    _print_status(Stack(state.settings(), only))
+
+
+def install(only: OnlyOption = None) -> None:
+    """Download and build everything the stack needs, without starting it."""
+    from twotier.infra.stack import Stack
+
+    with progress_lines("installing the local stack") as show:
+        Stack(state.settings(), only).install(show)
+    console.print("[green]installed[/green]")
+
+
+def logs(
+    service: Annotated[str, typer.Argument(help="kafka, ferretdb, mlflow, dagster or ray.")],
+    lines: Annotated[int, typer.Option("--lines", "-n", help="How many lines.")] = 50,
+) -> None:
+    """Print the end of a service's log."""
+    from twotier.infra.stack import make_service
+
+    log = make_service(service, state.settings()).log_file
+    if not log.exists():
+        console.print(f"no log yet at {log}")
+        raise typer.Exit(1)
+    typer.echo("\n".join(log.read_text(errors="replace").splitlines()[-lines:]))
+
+
+def _print_status(stack: object) -> None:
+    from twotier.infra.stack import Stack
+
+    assert isinstance(stack, Stack)
+    table = Table(title=f"twotier stack ({stack.settings.data_dir})")
+    for column in ("service", "state", "pid", "endpoint"):
+        table.add_column(column)
+    for s in stack.status():
+        label = (
+            "[green]healthy[/green]"
+            if s.healthy
+            else "[yellow]unhealthy[/yellow]"
+            if s.running
+            else "[dim]stopped[/dim]"
+        )
+        table.add_row(s.name, label, str(s.pid or ""), s.endpoint)
+    console.print(table)
+
+
+def register(app: typer.Typer) -> None:
+    """Add the stack commands to the ``twotier`` app (entry point ``twotier.cli``)."""
+    for command in (up, down, status, install, logs):
+        app.command(command.__name__)(command)
