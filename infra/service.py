@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from twotier.config import Settings
+from twotier.errors import TwotierError
 
 Progress = Callable[[str], None]
 """Receives one short line of progress (download, build, start)."""
@@ -28,7 +29,7 @@ def _quiet(_: str) -> None:
     return None
 
 
-class StackError(RuntimeError):
+class StackError(TwotierError):
     """A service could not be installed or started. The message names component, cause, fix."""
 
     def __init__(self, component: str, cause: str, fix: str, log: Path | None = None) -> None:
