@@ -11,7 +11,7 @@ import os
 import re
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -55,7 +55,8 @@ class MongoDBOnlineStoreConfig(_Section):
     database: str = "twotier"
 
 
-OnlineStoreConfig = Annotated[MongoDBOnlineStoreConfig, Field(discriminator="type")]
+# One backend per store today; a second one turns these into discriminated unions on `type`.
+OnlineStoreConfig = MongoDBOnlineStoreConfig
 
 
 class ClickHouseOfflineStoreConfig(_Section):
@@ -72,7 +73,7 @@ class ClickHouseOfflineStoreConfig(_Section):
     """How long a process waits for the embedded engine's single-process lock."""
 
 
-OfflineStoreConfig = Annotated[ClickHouseOfflineStoreConfig, Field(discriminator="type")]
+OfflineStoreConfig = ClickHouseOfflineStoreConfig
 
 
 class FerretDBConfig(_Section):
