@@ -239,10 +239,8 @@ def _describe(error: dict[str, Any]) -> str:
     message = error["msg"]
     if error["type"] == "extra_forbidden":
         message = "unknown field"
-    elif error["type"] == "literal_error":
-        message = f"{message}"
     ctx = error.get("ctx") or {}
-    if "expected" in ctx and "expected" not in message:
+    if "expected" in ctx and str(ctx["expected"]) not in message:
         message += f" (allowed: {ctx['expected']})"
     return f"{field}: {message} (got {error.get('input')!r})"
 

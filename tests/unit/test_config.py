@@ -82,5 +82,5 @@ def test_missing_file_is_a_clear_error(tmp_path: Path) -> None:
 
 def test_bad_environment_value_names_the_variable_field(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TWOTIER_RAY__SERVE_PORT", "eighty")
-    with pytest.raises(ConfigError, match="ray.serve_port"):
+    with pytest.raises(ConfigError, match=r"ray\.serve_port"):
         load_settings()
