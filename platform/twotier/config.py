@@ -195,6 +195,11 @@ class Settings(BaseSettings):
     def offline_store_dsn(self) -> str:
         return self.offline_store.dsn or f"chdb://{self.data_dir / 'offline'}"
 
+    @property
+    def dagster_home(self) -> Path:
+        """DAGSTER_HOME of the local Dagster instance (runs, schedules, event logs)."""
+        return self.data_dir / "dagster" / "home"
+
 
 _yaml_data: ContextVar[dict[str, Any] | None] = ContextVar("_yaml_data", default=None)
 
