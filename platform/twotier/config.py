@@ -7,6 +7,7 @@ Defaults point at the local stack on 127.0.0.1.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from contextvars import ContextVar
@@ -199,6 +200,31 @@ class Settings(BaseSettings):
     def dagster_home(self) -> Path:
         """DAGSTER_HOME of the local Dagster instance (runs, schedules, event logs)."""
         return self.data_dir / "dagster" / "home"
+
+    def to_env(self) -> dict[str, str]:
+        """``TWOTIER_*`` variables that reproduce these settings in a child process.
+
+        Sections become ``TWOTIER_<SECTION>__<FIELD>``; unset (``None``) values are left
+        out so their defaults apply; lists and numbers are JSON. Environment variables win
+        over the YAML file, so the child gets these exact values whatever file it reads.
+        """
+        env: dict[str, str] = {}
+        dumped = self.model_dump(mode="json")
+        dumped["cache_dir"] = str(self.cache)
+        for field, value in dumped.items():
+            prefix = f"TWOTIER_{field.upper()}"
+            if isinstance(value, dict):
+                for sub, sub_value in value.items():
+                    if sub_value is not None:
+                        env[f"{prefix}__{sub.upper()}"] = _env_value(sub_value)
+            elif value is not None:
+                env[prefix] = _env_value(value)
+        return env
+
+
+def _env_value(value: Any) -> str:
+    """One settings value as pydantic-settings parses it back from the environment."""
+    return value if isinstance(value, str) else json.dumps(value)
 
 
 _yaml_data: ContextVar[dict[str, Any] | None] = ContextVar("_yaml_data", default=None)
