@@ -48,11 +48,11 @@ def fetch_jars(
         return sorted(dest.glob("*.jar"))
     mvn = shutil.which("mvn")
     if mvn is None:
-        raise StackError(component, "Maven (mvn) is not on PATH", "install it: apt-get install maven")
+        raise StackError(
+            component, "Maven (mvn) is not on PATH", "install it: apt-get install maven"
+        )
     progress(f"{component}: fetching {len(coordinates)} artifact(s) from Maven Central")
-    deps = "\n".join(
-        _DEP.format(g=g, a=a, v=v) for g, a, v in (c.split(":") for c in coordinates)
-    )
+    deps = "\n".join(_DEP.format(g=g, a=a, v=v) for g, a, v in (c.split(":") for c in coordinates))
     if dest.exists():
         shutil.rmtree(dest)
     dest.mkdir(parents=True)
@@ -61,8 +61,14 @@ def fetch_jars(
         pom = Path(tmp) / "pom.xml"
         pom.write_text(_POM.format(name=component, deps=deps))
         args = [
-            mvn, "-B", "-q", "-f", str(pom), "dependency:copy-dependencies",
-            f"-DoutputDirectory={dest}", "-DincludeScope=runtime",
+            mvn,
+            "-B",
+            "-q",
+            "-f",
+            str(pom),
+            "dependency:copy-dependencies",
+            f"-DoutputDirectory={dest}",
+            "-DincludeScope=runtime",
             f"-DexcludeTransitive={'false' if transitive else 'true'}",
         ]
         with open(log, "w") as out:

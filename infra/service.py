@@ -225,7 +225,9 @@ class Service(ABC):
                 start_new_session=True,
             )
         except FileNotFoundError as exc:
-            raise StackError(self.name, f"cannot run {exc.filename}", "install it", self.log_file) from exc
+            raise StackError(
+                self.name, f"cannot run {exc.filename}", "install it", self.log_file
+            ) from exc
         finally:
             log.close()
         self.pid_file.write_text(str(proc.pid))

@@ -19,7 +19,8 @@ SERVICE_CLASSES: dict[str, str] = {
 
 def make_service(name: str, settings: Settings) -> Service:
     module, cls = SERVICE_CLASSES[name].split(":")
-    return getattr(importlib.import_module(module), cls)(settings)  # type: ignore[no-any-return]
+    service: Service = getattr(importlib.import_module(module), cls)(settings)
+    return service
 
 
 class Stack:

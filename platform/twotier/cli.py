@@ -8,7 +8,6 @@ so the core never imports them.
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from importlib.metadata import entry_points
@@ -32,7 +31,9 @@ app = typer.Typer(
 
 ConfigOption = Annotated[
     Path | None,
-    typer.Option("--config", "-c", help="YAML config (default: $TWOTIER_CONFIG or ./twotier.yaml)."),
+    typer.Option(
+        "--config", "-c", help="YAML config (default: $TWOTIER_CONFIG or ./twotier.yaml)."
+    ),
 ]
 ProjectOption = Annotated[
     str | None, typer.Option("--project", "-p", help="Project name (default: `project` in config).")
@@ -89,9 +90,9 @@ def config_command(
 @app.command("replay")
 def replay_command(
     project: ProjectOption = None,
-    dataset: Annotated[
-        Path, typer.Option(help="MovieLens folder holding ratings.csv.")
-    ] = Path("../shared/datasets/movielens-small"),
+    dataset: Annotated[Path, typer.Option(help="MovieLens folder holding ratings.csv.")] = Path(
+        "../shared/datasets/movielens-small"
+    ),
     limit: Annotated[int | None, typer.Option(help="Replay only the first N ratings.")] = None,
     speedup: Annotated[
         float | None, typer.Option(help="Follow event time divided by this; default: max speed.")
@@ -103,7 +104,9 @@ def replay_command(
     settings = state.settings()
     project = project or settings.project
     with progress_lines(f"replaying {dataset} into project {project}") as show:
-        n = replay_movielens(settings, project, dataset, limit=limit, speedup=speedup, progress=show)
+        n = replay_movielens(
+            settings, project, dataset, limit=limit, speedup=speedup, progress=show
+        )
     console.print(f"[green]replayed[/green] {n} events into project {project}")
 
 
@@ -127,4 +130,4 @@ def _print_error(message: str) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()
