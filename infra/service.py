@@ -199,7 +199,12 @@ class Service(ABC):
                 )
 
     def start(self, progress: Progress = _quiet) -> None:
-        """Start the service if it is not running, and wait until it is healthy."""
+        """Start the service if it is not running, and wait until it is healthy.
+
+        Raises:
+            StackError: The process exited or did not become healthy in time; the
+                process group this call started is stopped before the error propagates.
+        """
         if self.running():
             if self.healthy():
                 progress(f"{self.name}: already running")
@@ -231,7 +236,12 @@ class Service(ABC):
         finally:
             log.close()
         self.pid_file.write_text(str(proc.pid))
-        self.wait_healthy(progress)
+        try:
+            self.wait_healthy(progress)
+        except BaseException:
+            # Never leave a half-started process group behind a failed start.
+            self.stop()
+            raise
 
     def wait_healthy(self, progress: Progress = _quiet) -> None:
         deadline = time.monotonic() + self.settings.stack.start_timeout_s
