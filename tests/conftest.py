@@ -12,7 +12,7 @@ Environment:
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -101,3 +101,34 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         for marker in ("unit", "integration", "e2e"):
             if marker in parts:
                 item.add_marker(getattr(pytest.mark, marker))
+
+
+def _listening_addresses(pid: int) -> set[tuple[str, int]]:
+    """(ip, port) of every IPv4/IPv6 TCP socket in LISTEN state owned by process ``pid``."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    found: set[tuple[str, int]] = set()
+    for table, width in (("tcp", 8), ("tcp6", 32)):
+        for line in Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] != "0A" or fields[9] not in inodes:
+                continue
+            hex_ip, hex_port = fields[1].split(":")
+            if width == 8:
+                ip = ".".join(str(b) for b in reversed(bytes.fromhex(hex_ip)))
+            else:
+                ip = "v6:" + hex_ip
+            found.add((ip, int(hex_port, 16)))
+    return found
+
+
+@pytest.fixture(scope="session")
+def listening_addresses() -> Callable[[int], set[tuple[str, int]]]:
+    """A function: pid -> the (ip, port) pairs that process listens on (from /proc)."""
+    return _listening_addresses
