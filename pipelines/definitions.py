@@ -1,5 +1,25 @@
-"""The Dagster code location of twotier (placeholder until the skeleton assets land)."""
+"""The Dagster code location of twotier: ``defs`` holds every project's assets and resources.
+
+Resources come from ``twotier.config.load_settings()`` when this module loads, so
+``TWOTIER_*`` variables (or ``TWOTIER_CONFIG``) point the whole location at a stack.
+"""
+
+from __future__ import annotations
 
 import dagster as dg
 
-defs = dg.Definitions(assets=[])
+from twotier.config import Settings, load_settings
+from twotier.pipelines.assets.skeleton import make_skeleton_assets
+from twotier.pipelines.resources import make_resources
+
+PROJECTS: tuple[str, ...] = ("movielens",)
+"""Projects whose assets this code location serves."""
+
+
+def make_definitions(settings: Settings, projects: tuple[str, ...] = PROJECTS) -> dg.Definitions:
+    """The definitions of ``projects`` with resources pointing at ``settings``' stack."""
+    assets = [asset for project in projects for asset in make_skeleton_assets(project)]
+    return dg.Definitions(assets=assets, resources=make_resources(settings))
+
+
+defs = make_definitions(load_settings())

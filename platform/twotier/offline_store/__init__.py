@@ -17,6 +17,7 @@ from twotier.offline_store.base import (
     OfflineStoreCapabilities,
     OfflineStoreError,
     OfflineStoreLockTimeout,
+    events_frame,
 )
 
 __all__ = [
@@ -26,6 +27,7 @@ __all__ = [
     "OfflineStoreError",
     "OfflineStoreLockTimeout",
     "connect",
+    "events_frame",
     "open_offline_store",
 ]
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
@@ -11,6 +11,7 @@ from typing import Any
 import pandas as pd
 
 from twotier.errors import TwotierError
+from twotier.events import Event
 
 EVENT_COLUMNS: tuple[str, ...] = (
     "event_id",
@@ -48,6 +49,12 @@ class OfflineStoreCapabilities:
     single_process: bool
     asof_join: bool
     window_functions: bool
+
+
+def events_frame(events: Iterable[Event]) -> pd.DataFrame:
+    """Events as a frame for ``OfflineStore.insert_events`` (``project`` column included)."""
+    rows = [event.model_dump() for event in events]
+    return pd.DataFrame(rows, columns=["project", *EVENT_COLUMNS])
 
 
 def check_events_frame(project: str, events: pd.DataFrame) -> pd.DataFrame:
