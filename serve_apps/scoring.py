@@ -9,11 +9,12 @@ Run it with ``serve run twotier.serve_apps.scoring:app`` (settings from
 typed args (see ``config.yaml``), or from Python with ``twotier.serve_apps.deploy``.
 """
 
-from __future__ import annotations
+# No `from __future__ import annotations` here: Serve reads the builder's annotation to
+# validate `args` into ScoringArgs, and FastAPI reads the endpoint annotations.
 
 import asyncio
 import logging
-from typing import Any
+from typing import Any, Self
 
 import numpy as np
 from fastapi import FastAPI, HTTPException
@@ -81,7 +82,7 @@ class ScoreRequest(BaseModel):
     )
 
     @model_validator(mode="after")
-    def _one_input(self) -> ScoreRequest:
+    def _one_input(self) -> Self:
         if (self.rows is None) == (self.features is None):
             raise ValueError("send exactly one of 'rows' (lists of values) or 'features' (objects)")
         return self

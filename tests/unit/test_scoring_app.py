@@ -3,17 +3,25 @@
 from __future__ import annotations
 
 import asyncio
+import importlib
+import inspect
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
+import yaml
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INTERNAL_ERROR, INVALID_PARAMETER_VALUE
 from pydantic import ValidationError
+from ray.serve import Application
+from ray.serve.schema import ServeDeploySchema
 
 from twotier.registry import ModelNotFound, ModelVersionRef
 from twotier.serve_apps.alias_cache import AliasCache, RegistryUnavailable
 from twotier.serve_apps.scoring import ScoreRequest, ScoringArgs
+
+REPO = Path(__file__).resolve().parents[2]
 
 _BLOCK_AND_IMPORT = """
 import sys
@@ -112,3 +120,19 @@ def test_alias_cache_ttl_hot_swap_and_outage() -> None:
             await get("challenger")
 
     asyncio.run(scenario())
+
+
+def test_config_file_is_a_valid_serve_config_with_typed_args() -> None:
+    config = yaml.safe_load((REPO / "serve_apps" / "config.yaml").read_text())
+    schema = ServeDeploySchema.model_validate(config)
+    (application,) = schema.applications
+    assert application.route_prefix == "/"
+    assert schema.http_options.host == "127.0.0.1"
+    module, attr = application.import_path.split(":")
+    builder = getattr(importlib.import_module(module), attr)
+    annotation = inspect.signature(builder).parameters["args"].annotation
+    assert annotation is ScoringArgs  # Serve validates `args` into it
+    args = ScoringArgs.model_validate(application.args)
+    assert isinstance(builder(args), Application)
+    for deployment in application.deployments:
+        assert 0 < (deployment.ray_actor_options.num_cpus or 0) <= 0.5
