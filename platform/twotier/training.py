@@ -134,6 +134,9 @@ def build_training_set(store: OfflineStore, project: str) -> pd.DataFrame:
     """
     sql = TRAINING_SET_SQL.format(events=store.table(project, "events"))
     frame = store.query_df(sql)
+    if frame.empty:  # an empty result carries no columns
+        columns = ["event_id", "user_id", "item_id", "ts", *FEATURE_NAMES, "label"]
+        return pd.DataFrame(columns=columns)
     for name in FEATURE_NAMES:
         frame[name] = frame[name].astype("float32")
     frame["label"] = frame["label"].astype("int64")
@@ -159,8 +162,9 @@ def temporal_split(frame: pd.DataFrame, test_fraction: float) -> tuple[pd.DataFr
 
 def _check_labels(part: str, labels: pd.Series) -> None:
     if labels.nunique() < 2:
+        only = sorted(int(v) for v in labels.unique())
         raise TrainingError(
-            f"the {part} set has only label {labels.iloc[0] if len(labels) else None!r} "
+            f"the {part} set has only label {only} "
             f"in {len(labels)} rows; the ranker needs smiles and non-smiles on both sides of "
             "the time split: load more events or change test_fraction"
         )
