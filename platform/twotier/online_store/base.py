@@ -1,0 +1,196 @@
+"""The online store interface: raw counters per entity, applied exactly once per batch."""
+
+from __future__ import annotations
+
+import re
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from types import TracebackType
+
+from twotier.errors import TwotierError
+
+# FerretDB v1 (and portable MongoDB documents) forbid dots in field names and a
+# leading "$"; the leading "_" is reserved for the store's own bookkeeping fields.
+_FIELD = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,63}$")
+_BATCH_KEY = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+class OnlineStoreError(TwotierError):
+    """The online store rejected a request or is unreachable."""
+
+
+@dataclass(frozen=True)
+class OnlineStoreCapabilities:
+    """What a backend can do, declared rather than hidden.
+
+    Attributes:
+        transactions: Multi-document transactions are available.
+        change_streams: Changes can be watched (``collection.watch()``).
+    """
+
+    transactions: bool
+    change_streams: bool
+
+
+@dataclass(frozen=True)
+class ApplyResult:
+    """What one ``apply_increments`` call did.
+
+    Attributes:
+        batch_id: The batch that was applied.
+        documents: How many documents the batch touches.
+        written: Documents updated or created by this call.
+        skipped: Documents that had this batch (or a later one) already; unchanged.
+    """
+
+    batch_id: int
+    documents: int
+    written: int
+    skipped: int
+
+
+def check_field_name(name: str) -> str:
+    """Return ``name`` if it can be a feature field name, else raise ``OnlineStoreError``."""
+    if not _FIELD.match(name):
+        raise OnlineStoreError(
+            f"invalid online field name {name!r}: use a letter then letters, digits or '_' "
+            "(at most 64; no dots or '$', which FerretDB and MongoDB reject)"
+        )
+    return name
+
+
+def check_batch_key(batch_key: str) -> str:
+    """Return ``batch_key`` if it can name a writer, else raise ``OnlineStoreError``."""
+    if not _BATCH_KEY.match(batch_key):
+        raise OnlineStoreError(
+            f"invalid batch key {batch_key!r}: use 1-64 letters, digits, '_' or '-' "
+            "(hash a path or query name first; dots are not allowed in field names)"
+        )
+    return batch_key
+
+
+def check_increments(increments: Mapping[str, Mapping[str, float]]) -> None:
+    """Validate the ids and field names of an increments batch before any write.
+
+    Raises:
+        OnlineStoreError: An id is empty or not a string, or a field name is invalid.
+    """
+    for entity_id, fields in increments.items():
+        if not isinstance(entity_id, str) or not entity_id:
+            raise OnlineStoreError(
+                f"invalid entity id {entity_id!r}: online ids are non-empty strings "
+                "(convert numeric ids with str())"
+            )
+        for name in fields:
+            check_field_name(name)
+
+
+class OnlineStore(ABC):
+    """Low-latency key-value features: one document per entity in a collection.
+
+    Counters are stored raw and only ever incremented; rates are derived at read time.
+    Writers apply micro-batches exactly once: every document remembers, per writer
+    (``batch_key``), the last batch id applied to it, and a batch whose id is not
+    newer changes nothing.
+    """
+
+    # -- lifecycle -----------------------------------------------------------
+
+    @property
+    @abstractmethod
+    def capabilities(self) -> OnlineStoreCapabilities:
+        """What this backend supports (transactions, change streams).
+
+        Returns:
+            The capabilities of the connected server.
+        """
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release the connection; the store must not be used afterwards."""
+
+    def __enter__(self) -> OnlineStore:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # -- schema --------------------------------------------------------------
+
+    @abstractmethod
+    def ensure_indexes(self, collection: str, fields: Sequence[str] = ()) -> None:
+        """Create the collection and secondary indexes on ``fields``; idempotent.
+
+        The id lookup index always exists; ``fields`` are only needed for queries
+        by feature value.
+
+        Args:
+            collection: The collection, e.g. ``naming.online_collection(project, group)``.
+            fields: Feature fields to index in ascending order.
+
+        Raises:
+            OnlineStoreError: A field name is invalid or the server refused.
+        """
+
+    @abstractmethod
+    def drop(self, collection: str) -> None:
+        """Delete a collection and all its documents; a no-op when it does not exist.
+
+        Args:
+            collection: The collection to drop.
+        """
+
+    # -- writes --------------------------------------------------------------
+
+    @abstractmethod
+    def apply_increments(
+        self,
+        collection: str,
+        batch_key: str,
+        batch_id: int,
+        increments: Mapping[str, Mapping[str, float]],
+    ) -> ApplyResult:
+        """Add ``increments`` to the documents' counters, exactly once per batch.
+
+        Each document is updated only if its last applied batch id for ``batch_key``
+        is missing or lower than ``batch_id``; then its counters are incremented and
+        the batch id recorded in the same single-document write. Replaying a batch,
+        or an older one, changes nothing. Missing documents are created.
+
+        Args:
+            collection: The collection to write.
+            batch_key: A stable id of the writer (e.g. of one streaming query), so
+                independent writers of one document keep separate batch ids.
+            batch_id: The writer's monotonically increasing batch number.
+            increments: Per entity id, the amount to add to each counter field.
+
+        Returns:
+            How many documents were written and how many skipped as already applied.
+
+        Raises:
+            OnlineStoreError: An id, field name or batch key is invalid, or a write
+                failed for another reason than being already applied.
+        """
+
+    # -- reads ---------------------------------------------------------------
+
+    @abstractmethod
+    def get_many(self, collection: str, ids: Sequence[str]) -> dict[str, dict[str, float]]:
+        """Read the feature fields of many entities in one round trip.
+
+        Args:
+            collection: The collection to read.
+            ids: Entity ids; unknown ids are simply absent from the result.
+
+        Returns:
+            Per known id, its feature fields (bookkeeping fields left out).
+
+        Raises:
+            OnlineStoreError: The server refused the query.
+        """

@@ -1,0 +1,245 @@
+"""The online store on the MongoDB wire protocol (FerretDB locally, MongoDB in production)."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import numbers
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any
+
+from pymongo import ASCENDING, MongoClient
+from pymongo.errors import CollectionInvalid, PyMongoError
+
+from twotier.config import MongoDBOnlineStoreConfig, Settings
+from twotier.online_store.base import (
+    ApplyResult,
+    OnlineStore,
+    OnlineStoreCapabilities,
+    OnlineStoreError,
+    check_batch_key,
+    check_field_name,
+    check_increments,
+)
+
+log = logging.getLogger(__name__)
+
+BATCHES_FIELD = "_batch"
+"""Per writer (batch key), the last batch id applied to the document."""
+
+_DUPLICATE_KEY = 11000
+_ATTEMPTS = 3
+
+
+@dataclass(frozen=True)
+class _Server:
+    """What the connected server is, and how many statements one write command may hold."""
+
+    ferretdb: bool
+    replica_set: bool
+    statements_per_command: int
+
+
+# FerretDB v1 (SQLite) keeps one SQLite connection open per filtered update statement
+# until the whole command ends; at its pool size of 100 a larger command deadlocks.
+_FERRETDB_STATEMENTS = 50
+_MONGODB_STATEMENTS = 10_000
+
+
+def _number(value: Any) -> int | float:
+    """A BSON-friendly number (numpy and Decimal values become int or float)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise OnlineStoreError(f"invalid increment {value!r}: use an int or float")
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    return float(value)
+
+
+def _chunks(items: list[Any], size: int) -> list[list[Any]]:
+    return [items[i : i + size] for i in range(0, len(items), size)]
+
+
+class MongoDBOnlineStore(OnlineStore):
+    """Online features in MongoDB-wire collections, one document per entity.
+
+    Stored document shape (collection ``<project>__<feature group>``)::
+
+        {
+            "_id": "42",                        # entity id, always a string
+            "views": 17, "smiles": 6,           # raw counters, only ever $inc'ed
+            "dislikes": 1, "rating_sum": 61.5,
+            "_batch": {"online-3f2a9c0d": 12},  # per writer: last applied batch id
+        }
+
+    Fields starting with ``_`` are bookkeeping and never returned by ``get_many``.
+
+    A batch is written in two steps, neither of which reads first:
+
+    1. every document is upserted by ``_id`` alone with ``$setOnInsert`` (creates the
+       missing ones; never conflicts with an existing one);
+    2. every document gets one ``$inc`` + ``$set`` whose filter is a compare-and-set
+       on ``_batch.<writer>`` (missing or lower than the batch id).
+
+    A replayed batch is then a plain non-match rather than a duplicate-key error.
+    That matters on FerretDB v1, which stops an "unordered" batch at its first error
+    and omits ``nModified`` from the reply, so per-operation error handling cannot
+    work there. No transactions or change streams are needed (FerretDB v1 has neither).
+    """
+
+    def __init__(self, client: MongoClient[dict[str, Any]], database: str) -> None:
+        """Use ``client``'s ``database``; the store closes the client in ``close()``."""
+        self._client = client
+        self._db = client[database]
+
+    @classmethod
+    def from_settings(cls, settings: Settings, **client_kwargs: Any) -> MongoDBOnlineStore:
+        """Connect to ``settings.online_store_uri`` (the local FerretDB by default).
+
+        Args:
+            settings: Uses ``online_store`` (a ``MongoDBOnlineStoreConfig``) and ``ferretdb``.
+            **client_kwargs: Passed to ``MongoClient`` (e.g. ``event_listeners``).
+
+        Returns:
+            The store; the connection is opened lazily on first use.
+        """
+        config = settings.online_store
+        if not isinstance(config, MongoDBOnlineStoreConfig):
+            raise OnlineStoreError(f"online_store.type is {config.type!r}, not 'mongodb'")
+        client_kwargs.setdefault("serverSelectionTimeoutMS", 10_000)
+        client_kwargs.setdefault("socketTimeoutMS", 120_000)
+        client: MongoClient[dict[str, Any]] = MongoClient(
+            settings.online_store_uri, tz_aware=True, **client_kwargs
+        )
+        return cls(client, config.database)
+
+    # -- lifecycle -----------------------------------------------------------
+
+    @cached_property
+    def _server(self) -> _Server:
+        try:
+            build = self._client.admin.command("buildInfo")
+            hello = self._client.admin.command("hello")
+        except PyMongoError as exc:
+            raise OnlineStoreError(
+                f"online store unreachable: {exc} (is FerretDB/MongoDB running? `twotier up`)"
+            ) from exc
+        ferretdb = "ferretdbVersion" in build or "ferretdb" in build
+        statements = _FERRETDB_STATEMENTS if ferretdb else _MONGODB_STATEMENTS
+        return _Server(ferretdb, "setName" in hello, statements)
+
+    @property
+    def capabilities(self) -> OnlineStoreCapabilities:
+        """FerretDB v1: neither; MongoDB: both when it runs as a replica set."""
+        supported = self._server.replica_set and not self._server.ferretdb
+        return OnlineStoreCapabilities(transactions=supported, change_streams=supported)
+
+    def close(self) -> None:
+        self._client.close()
+
+    # -- schema --------------------------------------------------------------
+
+    def ensure_indexes(self, collection: str, fields: Sequence[str] = ()) -> None:
+        for name in fields:
+            check_field_name(name)
+        try:
+            if collection not in self._db.list_collection_names(filter={"name": collection}):
+                with contextlib.suppress(CollectionInvalid):  # created concurrently
+                    self._db.create_collection(collection)
+            for name in fields:
+                self._db[collection].create_index([(name, ASCENDING)], name=f"{name}_1")
+        except PyMongoError as exc:
+            raise OnlineStoreError(f"cannot create indexes on {collection!r}: {exc}") from exc
+
+    def drop(self, collection: str) -> None:
+        try:
+            self._db.drop_collection(collection)
+        except PyMongoError as exc:
+            raise OnlineStoreError(f"cannot drop {collection!r}: {exc}") from exc
+
+    # -- writes --------------------------------------------------------------
+
+    def apply_increments(
+        self,
+        collection: str,
+        batch_key: str,
+        batch_id: int,
+        increments: Mapping[str, Mapping[str, float]],
+    ) -> ApplyResult:
+        check_batch_key(batch_key)
+        if isinstance(batch_id, bool) or not isinstance(batch_id, int) or batch_id < 0:
+            raise OnlineStoreError(f"invalid batch id {batch_id!r}: use an int >= 0")
+        check_increments(increments)
+        counters = {
+            entity_id: {k: _number(v) for k, v in fields.items()}
+            for entity_id, fields in increments.items()
+        }
+        ids = list(counters)
+        if not ids:
+            return ApplyResult(batch_id, 0, 0, 0)
+        size = self._server.statements_per_command
+        ensure = [
+            {"q": {"_id": i}, "u": {"$setOnInsert": {BATCHES_FIELD: {}}}, "upsert": True}
+            for i in ids
+        ]
+        marker = f"{BATCHES_FIELD}.{batch_key}"
+        cas = []
+        for i in ids:
+            update: dict[str, Any] = {"$set": {marker: batch_id}}
+            if counters[i]:
+                update["$inc"] = counters[i]
+            # "$not $gte" also matches a document without a marker for this writer.
+            cas.append({"q": {"_id": i, marker: {"$not": {"$gte": batch_id}}}, "u": update})
+        for chunk in _chunks(ensure, size):
+            self._update(collection, chunk, f"{batch_key}/{batch_id}")
+        written = sum(
+            self._update(collection, chunk, f"{batch_key}/{batch_id}")
+            for chunk in _chunks(cas, size)
+        )
+        return ApplyResult(batch_id, len(ids), written, len(ids) - written)
+
+    def _update(self, collection: str, statements: list[dict[str, Any]], batch: str) -> int:
+        """Run one ordered ``update`` command; return how many documents matched or upserted.
+
+        A duplicate ``_id`` can only come from an ensure upsert racing another
+        writer's insert of the same new document; the document then exists, and the
+        command is retried (every statement in it is idempotent).
+        """
+        for attempt in range(1, _ATTEMPTS + 1):
+            try:
+                reply = self._db.command("update", collection, updates=statements, ordered=True)
+            except PyMongoError as exc:
+                raise OnlineStoreError(
+                    f"cannot write batch {batch} to {collection!r}: {exc} (safe to replay)"
+                ) from exc
+            errors = reply.get("writeErrors") or []
+            if not errors:
+                return int(reply.get("n", 0))
+            first = errors[0]
+            entity_id = statements[int(first.get("index", 0))]["q"]["_id"]
+            if first.get("code") != _DUPLICATE_KEY or attempt == _ATTEMPTS:
+                raise OnlineStoreError(
+                    f"write of batch {batch} to {collection!r} failed for id {entity_id!r}: "
+                    f"{first.get('errmsg')} (fix the document; the batch is safe to replay)"
+                )
+            log.info("online store: insert race on %s id %r, retrying", collection, entity_id)
+        raise AssertionError("unreachable")
+
+    # -- reads ---------------------------------------------------------------
+
+    def get_many(self, collection: str, ids: Sequence[str]) -> dict[str, dict[str, float]]:
+        wanted = list(dict.fromkeys(ids))
+        if not wanted:
+            return {}
+        try:
+            # batch_size and limit = len(ids): the whole answer comes in the first reply.
+            cursor = self._db[collection].find(
+                {"_id": {"$in": wanted}}, batch_size=len(wanted), limit=len(wanted)
+            )
+            docs = list(cursor)
+        except PyMongoError as exc:
+            raise OnlineStoreError(f"cannot read {collection!r}: {exc}") from exc
+        return {
+            str(doc["_id"]): {k: v for k, v in doc.items() if not k.startswith("_")} for doc in docs
+        }

@@ -1,0 +1,174 @@
+"""The MongoDB-wire online store against a real FerretDB: exactly-once increments, batched reads."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from pymongo import monitoring
+
+from twotier.config import Settings
+from twotier.infra.service import Service
+from twotier.online_store import OnlineStoreError, connect
+from twotier.online_store.mongodb import BATCHES_FIELD, MongoDBOnlineStore
+
+
+class _Commands(monitoring.CommandListener):
+    """Records the names of the commands a client sends."""
+
+    def __init__(self) -> None:
+        self.names: list[str] = []
+
+    def started(self, event: monitoring.CommandStartedEvent) -> None:
+        self.names.append(event.command_name)
+
+    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
+        return None
+
+    def failed(self, event: monitoring.CommandFailedEvent) -> None:
+        return None
+
+
+@pytest.fixture
+def commands() -> _Commands:
+    return _Commands()
+
+
+@pytest.fixture
+def store(
+    settings: Settings, ferretdb: Service, commands: _Commands
+) -> Iterator[MongoDBOnlineStore]:
+    with MongoDBOnlineStore.from_settings(settings, event_listeners=[commands]) as s:
+        yield s  # type: ignore[misc]
+
+
+@pytest.fixture
+def collection(store: MongoDBOnlineStore) -> Iterator[str]:
+    name = f"test__{uuid.uuid4().hex[:10]}"
+    store.ensure_indexes(name, ["views"])
+    yield name
+    store.drop(name)
+
+
+def _raw(store: MongoDBOnlineStore, collection: str, entity_id: str) -> dict[str, Any] | None:
+    return store._db[collection].find_one({"_id": entity_id})
+
+
+def test_connect_chooses_the_mongodb_backend(settings: Settings, ferretdb: Service) -> None:
+    with connect(settings) as store:
+        assert isinstance(store, MongoDBOnlineStore)
+        caps = store.capabilities
+        # FerretDB v1 declares neither transactions nor change streams.
+        assert not caps.transactions
+        assert not caps.change_streams
+
+
+def test_increments_accumulate_over_batches(store: MongoDBOnlineStore, collection: str) -> None:
+    first = store.apply_increments(
+        collection, "writer-a", 0, {"1": {"views": 2, "rating_sum": 7.5}, "2": {"views": 1}}
+    )
+    assert (first.documents, first.written, first.skipped) == (2, 2, 0)
+    second = store.apply_increments(
+        collection, "writer-a", 1, {"1": {"views": 3, "smiles": 1, "rating_sum": 4.0}}
+    )
+    assert (second.written, second.skipped) == (1, 0)
+    got = store.get_many(collection, ["1", "2"])
+    assert got == {
+        "1": {"views": 5, "smiles": 1, "rating_sum": 11.5},
+        "2": {"views": 1},
+    }
+    raw = _raw(store, collection, "1")
+    assert raw is not None
+    assert raw[BATCHES_FIELD] == {"writer-a": 1}
+
+
+def test_replaying_a_batch_changes_nothing(store: MongoDBOnlineStore, collection: str) -> None:
+    batch = {"1": {"views": 2}, "2": {"views": 4, "dislikes": 1}}
+    store.apply_increments(collection, "writer-a", 5, batch)
+    before = store.get_many(collection, ["1", "2"])
+    replay = store.apply_increments(collection, "writer-a", 5, batch)
+    assert (replay.documents, replay.written, replay.skipped) == (2, 0, 2)
+    assert (
+        store.get_many(collection, ["1", "2"])
+        == before
+        == {
+            "1": {"views": 2},
+            "2": {"views": 4, "dislikes": 1},
+        }
+    )
+
+
+def test_replay_with_a_new_document_writes_only_that_one(
+    store: MongoDBOnlineStore, collection: str
+) -> None:
+    store.apply_increments(collection, "writer-a", 3, {"1": {"views": 1}})
+    # A crash after part of a batch: replaying it adds only the documents not yet written.
+    result = store.apply_increments(
+        collection, "writer-a", 3, {"1": {"views": 1}, "9": {"views": 1}}
+    )
+    assert (result.written, result.skipped) == (1, 1)
+    assert store.get_many(collection, ["1", "9"]) == {"1": {"views": 1}, "9": {"views": 1}}
+
+
+def test_older_batch_ids_are_ignored(store: MongoDBOnlineStore, collection: str) -> None:
+    store.apply_increments(collection, "writer-a", 10, {"1": {"views": 1}})
+    old = store.apply_increments(collection, "writer-a", 9, {"1": {"views": 100}})
+    assert (old.written, old.skipped) == (0, 1)
+    assert store.get_many(collection, ["1"]) == {"1": {"views": 1}}
+
+
+def test_writers_keep_separate_batch_ids(store: MongoDBOnlineStore, collection: str) -> None:
+    store.apply_increments(collection, "writer-a", 10, {"1": {"views": 1}})
+    other = store.apply_increments(collection, "writer-b", 0, {"1": {"views": 2}})
+    assert other.written == 1
+    assert store.get_many(collection, ["1"]) == {"1": {"views": 3}}
+    raw = _raw(store, collection, "1")
+    assert raw is not None
+    assert raw[BATCHES_FIELD] == {"writer-a": 10, "writer-b": 0}
+
+
+def test_get_many_reads_500_ids_in_one_round_trip(
+    store: MongoDBOnlineStore, collection: str, commands: _Commands
+) -> None:
+    known = {str(i): {"views": i} for i in range(400)}
+    store.apply_increments(collection, "writer-a", 0, known)
+    ids = [str(i) for i in range(400)] + [f"unknown-{i}" for i in range(100)]
+    commands.names.clear()
+    got = store.get_many(collection, ids)
+    assert commands.names == ["find"]
+    assert len(got) == 400
+    assert got["399"] == {"views": 399}
+    assert "unknown-0" not in got
+    assert store.get_many(collection, []) == {}
+
+
+@pytest.mark.parametrize(
+    ("batch_key", "increments"),
+    [
+        ("writer.a", {"1": {"views": 1}}),  # dot in the batch key
+        ("writer-a", {"1": {"a.b": 1}}),  # dot in a field name
+        ("writer-a", {"1": {"$set": 1}}),  # operator as a field name
+        ("writer-a", {"1": {"_batch": 1}}),  # bookkeeping field
+        ("writer-a", {"": {"views": 1}}),  # empty id
+        ("writer-a", {"1": {"views": "3"}}),  # not a number
+    ],
+)
+def test_bad_input_is_rejected_before_any_write(
+    store: MongoDBOnlineStore, collection: str, batch_key: str, increments: Any
+) -> None:
+    with pytest.raises(OnlineStoreError):
+        store.apply_increments(collection, batch_key, 0, increments)
+    assert store.get_many(collection, ["1", ""]) == {}
+
+
+def test_negative_batch_id_is_rejected(store: MongoDBOnlineStore, collection: str) -> None:
+    with pytest.raises(OnlineStoreError, match="batch id"):
+        store.apply_increments(collection, "writer-a", -1, {"1": {"views": 1}})
+
+
+def test_a_failing_write_names_the_document(store: MongoDBOnlineStore, collection: str) -> None:
+    store._db[collection].insert_one({"_id": "7", "views": "not a number"})
+    with pytest.raises(OnlineStoreError, match=r"id '7'.*safe to replay"):
+        store.apply_increments(collection, "writer-a", 0, {"7": {"views": 1}})
