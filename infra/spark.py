@@ -14,6 +14,7 @@ from importlib import metadata
 from pathlib import Path
 
 from filelock import FileLock
+
 from twotier.config import Settings
 from twotier.infra.maven import fetch_jars
 from twotier.infra.service import Progress, StackError, _quiet

@@ -1,0 +1,50 @@
+"""``python -m twotier.feature_jobs online --project P [--available-now]``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from twotier.config import load_settings
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one feature-job mode; returns the process exit code."""
+    parser = argparse.ArgumentParser(prog="python -m twotier.feature_jobs")
+    parser.add_argument(
+        "--config", help="twotier.yaml (default: $TWOTIER_CONFIG or ./twotier.yaml)"
+    )
+    modes = parser.add_subparsers(dest="mode", required=True)
+    online = modes.add_parser("online", help="Kafka events → online store (Structured Streaming)")
+    online.add_argument("--project", help="project name (default: settings.project)")
+    online.add_argument(
+        "--available-now", action="store_true", help="process what is in Kafka now, then stop"
+    )
+    online.add_argument(
+        "--max-offsets-per-trigger", type=int, default=None, help="Kafka records per micro-batch"
+    )
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+
+    from twotier.errors import TwotierError
+    from twotier.feature_jobs.online_job import DEFAULT_MAX_OFFSETS_PER_TRIGGER, run_online
+
+    settings = load_settings(args.config)
+    project = args.project or settings.project
+    try:
+        run_online(
+            settings,
+            project,
+            available_now=args.available_now,
+            progress=print,
+            max_offsets_per_trigger=args.max_offsets_per_trigger or DEFAULT_MAX_OFFSETS_PER_TRIGGER,
+        )
+    except TwotierError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
