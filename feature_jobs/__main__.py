@@ -26,6 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    logging.getLogger("py4j").setLevel(logging.WARNING)
 
     from twotier.errors import TwotierError
     from twotier.feature_jobs.online_job import DEFAULT_MAX_OFFSETS_PER_TRIGGER, run_online
@@ -37,7 +38,6 @@ def main(argv: list[str] | None = None) -> int:
             settings,
             project,
             available_now=args.available_now,
-            progress=print,
             max_offsets_per_trigger=args.max_offsets_per_trigger or DEFAULT_MAX_OFFSETS_PER_TRIGGER,
         )
     except TwotierError as exc:

@@ -8,10 +8,13 @@ checkpoint) changes nothing the second time.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import signal
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -61,6 +64,12 @@ EVENT_SCHEMA = StructType(
 
 def _quiet(_: str) -> None:
     return None
+
+
+def _say(progress: Progress, line: str) -> None:
+    """Log ``line`` and hand it to ``progress``."""
+    log.info(line)
+    progress(line)
 
 
 class OnlineJobError(TwotierError):
@@ -207,6 +216,37 @@ class _BatchWriter:
         self.progress(line)
 
 
+@contextlib.contextmanager
+def _stop_requests() -> Iterator[threading.Event]:
+    """An event set by SIGINT/SIGTERM while inside (main thread only; else never set).
+
+    PySpark's own SIGINT handler makes a reentrant Py4J call while the driver waits
+    on the query, which fails noisily; here a signal only asks the loop to stop.
+    """
+    requested = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield requested
+        return
+    signals = (signal.SIGINT, signal.SIGTERM)
+    previous = {sig: signal.getsignal(sig) for sig in signals}
+    for sig in signals:
+        signal.signal(sig, lambda *_: requested.set())
+    try:
+        yield requested
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _wait(query: Any) -> bool:
+    """Wait until the query ends (True: a stop was requested by a signal)."""
+    with _stop_requests() as requested:
+        while not requested.is_set():
+            if query.awaitTermination(1):
+                return False
+    return True
+
+
 def start_online_query(
     spark: SparkSession,
     settings: Settings,
@@ -279,9 +319,10 @@ def run_online(
     try:
         store.ensure_indexes(collection)
         writer = _BatchWriter(store, collection, checkpoint, stats, progress)
-        progress(
+        _say(
+            progress,
             f"online job {project}: {events_topic(project)} → {collection} "
-            f"(checkpoint {checkpoint})"
+            f"(checkpoint {checkpoint})",
         )
         query = start_online_query(
             session,
@@ -292,10 +333,9 @@ def run_online(
             max_offsets_per_trigger=max_offsets_per_trigger,
         )
         try:
-            query.awaitTermination()
-        except KeyboardInterrupt:
-            progress(f"online job {project}: stopping")
-            query.stop()
+            if _wait(query):
+                _say(progress, f"online job {project}: stopping after the current batch")
+                query.stop()
         except Exception as exc:
             raise OnlineJobError(
                 f"online job of {project!r} failed: {exc}. Fix the cause and rerun; "
@@ -305,8 +345,9 @@ def run_online(
         store.close()
         if own_session:
             session.stop()
-    progress(
+    _say(
+        progress,
         f"online job {project}: {stats.batches} batches, {stats.input_rows} rows, "
-        f"{stats.malformed_rows} malformed, {stats.written} documents written"
+        f"{stats.malformed_rows} malformed, {stats.written} documents written",
     )
     return stats
