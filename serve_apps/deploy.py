@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -31,11 +30,6 @@ def serve_url(settings: Settings) -> str:
     return f"http://{settings.ray.host}:{settings.ray.serve_port}"
 
 
-def ray_cluster_address(settings: Settings) -> str:
-    """The address a driver joins: ``ray.address`` if set, else the local head's GCS."""
-    return settings.ray.address or f"{settings.ray.host}:{settings.ray.gcs_port}"
-
-
 def deploy(
     settings: Settings,
     progress: Progress = _quiet,
@@ -46,32 +40,29 @@ def deploy(
 ) -> None:
     """Deploy (or update in place) the scoring application on the running Ray cluster.
 
-    Joins the cluster at ``ray_cluster_address(settings)``, makes sure Serve's HTTP proxy
-    listens on ``settings.ray.host:settings.ray.serve_port``, runs the app ``twotier`` at
-    route prefix ``/`` against the MLflow registry at ``settings.mlflow.uri`` and waits
-    until ``/healthz`` answers. Disconnects afterwards if it connected; the app keeps
-    running in the cluster.
+    Joins the cluster at ``settings.ray.address`` or the local head's GCS (through
+    ``twotier.infra.ray_service.init_ray``, which keeps the driver on loopback), makes
+    sure Serve's HTTP proxy listens on ``settings.ray.host:settings.ray.serve_port``,
+    runs the app ``twotier`` at route prefix ``/`` against the MLflow registry at
+    ``settings.mlflow.uri`` and waits until ``/healthz`` answers. Disconnects afterwards
+    if it connected; the app keeps running in the cluster.
 
     Raises:
         ServingError: Ray is not reachable, or the app did not become healthy in time.
     """
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     import ray
     from ray import serve
 
+    # Deploying is a stack operation; the scoring app itself never imports infra.
+    from twotier.infra.ray_service import init_ray, ray_address
     from twotier.serve_apps.scoring import ScoringArgs, build_app
 
-    address = ray_cluster_address(settings)
+    address = ray_address(settings)
     connected_here = not ray.is_initialized()
     if connected_here:
         progress(f"serving: joining the Ray cluster at {address}")
         try:
-            ray.init(
-                address=address,
-                _node_ip_address=settings.ray.host,
-                log_to_driver=False,
-                logging_level=logging.WARNING,
-            )
+            init_ray(settings, log_to_driver=False, logging_level=logging.WARNING)
         except (ConnectionError, RuntimeError) as exc:
             raise ServingError(
                 f"cannot join the Ray cluster at {address}: {exc}. "

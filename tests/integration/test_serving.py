@@ -9,7 +9,6 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("DO_NOT_TRACK", "true")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
-import importlib.util
 import time
 import uuid
 from collections.abc import Iterator
@@ -74,35 +73,8 @@ def _register(settings: Settings, project: str, onnx_bytes: bytes, alias: str | 
 
 
 @pytest.fixture(scope="module")
-def ray_for_serving(request: pytest.FixtureRequest, settings: Settings) -> Iterator[None]:
-    """The stack's Ray (``ray_cluster``) once it exists; until then a local Ray in-process."""
-    if importlib.util.find_spec("twotier.infra.ray_service") is not None:
-        service: Service = request.getfixturevalue("ray_cluster")
-        assert service.healthy()
-        yield
-        return
-    import ray
-    from ray import serve
-
-    ray.init(
-        address="local",
-        num_cpus=2,
-        include_dashboard=False,
-        _node_ip_address="127.0.0.1",
-        _temp_dir=str(settings.data_dir / "ray-tmp"),
-        object_store_memory=settings.ray.object_store_mb * 1024 * 1024,
-        log_to_driver=False,
-    )
-    try:
-        yield
-    finally:
-        serve.shutdown()
-        ray.shutdown()
-
-
-@pytest.fixture(scope="module")
 def served(
-    mlflow_server: Service, ray_for_serving: None, settings: Settings
+    mlflow_server: Service, ray_cluster: Service, settings: Settings
 ) -> Iterator[Registered]:
     """A fresh project's ranker registered as champion, and the app deployed for it."""
     project = f"servetest_{uuid.uuid4().hex[:6]}"
