@@ -76,6 +76,18 @@ def _expected_events(dataset: Path, limit: int) -> int:
     return len(ratings) + extra
 
 
+def _first_users(dataset: Path, limit: int, n: int) -> list[str]:
+    from twotier.replay import read_ratings
+
+    users: list[str] = []
+    for rating in read_ratings(dataset, limit):
+        if str(rating.user_id) not in users:
+            users.append(str(rating.user_id))
+        if len(users) == n:
+            break
+    return users
+
+
 def _user_counters(settings: Settings, project: str, users: list[str]) -> dict[str, dict[str, Any]]:
     from twotier.online_store import connect
 
@@ -131,10 +143,7 @@ def _score_for_user(settings: Settings, project: str, user: str, counters: dict[
     response = httpx.post(url, json=body, timeout=60)
     response.raise_for_status()
     answer = response.json()
-    table = Table(
-        title=f"user {user}: {answer['model']} version {answer['version']} "
-        f"(@{answer['alias']}) over HTTP from Ray Serve"
-    )
+    table = Table(title=f"user {user}: {answer['model']} v{answer['version']} @{answer['alias']}")
     table.add_column("movie")
     table.add_column("views", justify="right")
     table.add_column("P(smile)", justify="right")
@@ -159,7 +168,7 @@ def run(settings: Settings, project: str, dataset: Path, limit: int) -> None:
 
     _step(3, "Spark streaming → online store", "Per-user counters in FerretDB, exactly once.")
     _twotier("stream", "--project", project, "--available-now")
-    users = ["1", "2", "3"]
+    users = _first_users(dataset, limit, 3)
     counters = _user_counters(settings, project, users)
     for user in users:
         doc = counters.get(user, {})
