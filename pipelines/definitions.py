@@ -22,4 +22,6 @@ def make_definitions(settings: Settings, projects: tuple[str, ...] = PROJECTS) -
     return dg.Definitions(assets=assets, resources=make_resources(settings))
 
 
-defs = make_definitions(load_settings())
+_settings = load_settings()
+# The configured default project is served too (until projects are declared in config).
+defs = make_definitions(_settings, tuple(dict.fromkeys((*PROJECTS, _settings.project))))

@@ -1,0 +1,143 @@
+"""The walking skeleton end to end, as `make demo` runs it, against the test stack.
+
+Kafka → Spark → FerretDB; Kafka → Dagster (chdb, XGBoost, ONNX, MLflow alias) → Ray Serve
+→ HTTP. Then the UIs' own APIs must show the run, the model with its alias and the assets.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+
+from twotier.config import Settings
+from twotier.infra.service import Service
+from twotier.naming import model_name, online_collection
+from twotier.online_store import connect
+
+PROJECT = "skeleton_e2e"
+LIMIT = 5000
+
+
+@pytest.fixture(scope="module")
+def demo_run(
+    settings: Settings,
+    movielens: Path,
+    kafka: Service,
+    ferretdb: Service,
+    mlflow_server: Service,
+    dagster_service: Service,
+    ray_cluster: Service,
+) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, **settings.model_copy(update={"project": PROJECT}).to_env()}
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "twotier.infra.demo",
+            "--dataset",
+            str(movielens),
+            "--limit",
+            str(LIMIT),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
+
+
+def test_demo_finishes_with_a_scored_http_response(
+    demo_run: subprocess.CompletedProcess[str],
+) -> None:
+    assert demo_run.returncode == 0, demo_run.stdout[-3000:] + demo_run.stderr[-3000:]
+    assert "demo finished" in demo_run.stdout
+    assert "P(smile)" in demo_run.stdout
+
+
+def test_streaming_job_wrote_exact_counters(
+    demo_run: subprocess.CompletedProcess[str], settings: Settings, movielens: Path
+) -> None:
+    import pandas as pd
+
+    ratings = pd.read_csv(movielens / "ratings.csv")
+    ratings = ratings.sort_values(["timestamp", "userId", "movieId"], kind="stable").head(LIMIT)
+    expected = ratings.groupby("userId").agg(
+        views=("rating", "size"),
+        smiles=("rating", lambda r: int((r >= 4).sum())),
+        rating_sum=("rating", "sum"),
+    )
+    with connect(settings) as store:
+        got = store.get_many(
+            online_collection(PROJECT, "user_counters"), [str(u) for u in expected.index]
+        )
+    assert len(got) == len(expected)
+    for user, row in expected.iterrows():
+        doc = got[str(user)]
+        assert doc["views"] == row["views"] and doc["smiles"] == row["smiles"]
+        assert doc["rating_sum"] == pytest.approx(row["rating_sum"])
+
+
+def test_mlflow_shows_the_model_with_its_alias_and_the_run(
+    demo_run: subprocess.CompletedProcess[str], settings: Settings
+) -> None:
+    name = model_name(PROJECT, "tier2", "ranker")
+    base = settings.mlflow.uri
+    model = httpx.get(f"{base}/api/2.0/mlflow/registered-models/get", params={"name": name})
+    assert model.status_code == 200, model.text
+    aliases = {a["alias"]: a["version"] for a in model.json()["registered_model"]["aliases"]}
+    assert "champion" in aliases
+    version = httpx.get(
+        f"{base}/api/2.0/mlflow/model-versions/get",
+        params={"name": name, "version": aliases["champion"]},
+    ).json()["model_version"]
+    run = httpx.get(f"{base}/api/2.0/mlflow/runs/get", params={"run_id": version["run_id"]})
+    assert run.status_code == 200
+    metrics = {m["key"]: m["value"] for m in run.json()["run"]["data"]["metrics"]}
+    assert metrics["auc"] > 0.5
+    assert httpx.get(base).status_code == 200  # the UI itself loads
+
+
+def test_serving_answers_with_the_champion_version(
+    demo_run: subprocess.CompletedProcess[str], settings: Settings
+) -> None:
+    name = model_name(PROJECT, "tier2", "ranker")
+    champion = httpx.get(
+        f"{settings.mlflow.uri}/api/2.0/mlflow/registered-models/alias",
+        params={"name": name, "alias": "champion"},
+    ).json()["model_version"]
+    tags = {t["key"]: t["value"] for t in champion.get("tags", [])}
+    n = len(json.loads(tags["twotier.feature_names"]))
+    url = f"http://{settings.ray.host}:{settings.ray.serve_port}/v1/{PROJECT}/score"
+    answer = httpx.post(url, json={"rows": [[1.0] * n, [50.0] * n]}, timeout=60)
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    assert body["model"] == name and str(body["version"]) == str(champion["version"])
+    assert len(body["scores"]) == 2 and all(0.0 <= s <= 1.0 for s in body["scores"])
+
+
+def test_dagster_shows_the_assets_and_the_run(
+    demo_run: subprocess.CompletedProcess[str], settings: Settings
+) -> None:
+    url = f"http://{settings.dagster.host}:{settings.dagster.port}/graphql"
+    query = """
+    { assetsOrError { ... on AssetConnection { nodes { key { path } } } }
+      runsOrError { ... on Runs { results { status assetSelection { path } } } } }
+    """
+    data = httpx.post(url, json={"query": query}, timeout=30).json()["data"]
+    keys = {"/".join(n["key"]["path"]) for n in data["assetsOrError"]["nodes"]}
+    assert {"movielens/events_offline", "movielens/ranker_model"} <= keys
+    assert f"{PROJECT}/ranker_model" in keys  # materialised by the demo's run
+    runs = data["runsOrError"]["results"]
+    assert any(
+        r["status"] == "SUCCESS"
+        and any("/".join(a["path"]) == f"{PROJECT}/ranker_model" for a in r["assetSelection"] or [])
+        for r in runs
+    ), runs
+    assert httpx.get(f"http://{settings.dagster.host}:{settings.dagster.port}").status_code == 200
