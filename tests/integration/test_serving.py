@@ -23,7 +23,7 @@ import pytest
 import xgboost as xgb
 from onnxmltools.convert.common.data_types import FloatTensorType
 
-from twotier import registry
+import twotier.registry as registry
 from twotier.config import Settings
 from twotier.infra.service import Service
 from twotier.naming import model_name
