@@ -37,7 +37,7 @@ def test_run_with_param_metric_and_artifact_goes_through_the_server(
 
     # Artifacts are proxied: the run points at mlflow-artifacts:/, not at a local path.
     assert run.info.artifact_uri.startswith("mlflow-artifacts:/")
-    stored = list(Path(mlflow_server.artifacts_destination).rglob("note.txt"))
+    stored = list(Path(mlflow_server.artifacts_destination).glob(f"*/{run_id}/artifacts/notes/*"))
     assert len(stored) == 1 and stored[0].read_text() == "hello from the test"
 
     fetched = client.get_run(run_id)

@@ -110,7 +110,7 @@ def test_stop_leaves_no_process_of_the_node(ray_cluster: Service, ray_driver: An
         assert ray_cluster.node_processes() == []
         assert not any(Path(f"/proc/{pid}").exists() and _is_live(pid) for pid in before)
         assert not port_open("127.0.0.1", ray_cluster.settings.ray.gcs_port)
-        assert not port_open("127.0.0.1", ray_cluster.settings.ray.serve_port)
+        # The serve port is not checked closed: another stack's service may take it at once.
         assert not ray_cluster.running() and not ray_cluster.healthy()
     finally:
         ray_cluster.start()  # leave the session fixture as it was
