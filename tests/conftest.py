@@ -1,11 +1,11 @@
 """Shared fixtures: one per real service, each started through the project's infra code.
 
-Tests use their own data folder and ports (the defaults plus an offset) so they never
+Tests use their own data folder and a block of ports (from 20000) so they never
 touch a stack started with ``twotier up``; downloads and builds come from the shared cache.
 
 Environment:
     TWOTIER_TEST_DATA_DIR: data folder of the test stack (default ``.twotier-test``).
-    TWOTIER_TEST_PORT_OFFSET: added to every default port (default 10000).
+    TWOTIER_TEST_PORT_BASE: first port of the test stack's block of 300 (default 20000).
     TWOTIER_TEST_CACHE_DIR: cache folder (default ``.twotier/cache``, shared with ``twotier up``).
 """
 
@@ -25,26 +25,46 @@ REPO = Path(__file__).resolve().parent.parent
 MOVIELENS = (REPO.parent / "shared" / "datasets" / "movielens-small").resolve()
 
 
-def _test_settings() -> Settings:
-    offset = int(os.environ.get("TWOTIER_TEST_PORT_OFFSET", "10000"))
-    data_dir = Path(os.environ.get("TWOTIER_TEST_DATA_DIR", REPO / ".twotier-test"))
+def port_block(base: int) -> dict[str, dict[str, int]]:
+    """Ports of one test stack in ``[base, base + 300)``: blocks 300 apart never overlap.
+
+    Ray takes ``base + 100`` for its GCS and the 200 ports above it (node and worker ports).
+    """
+    return {
+        "kafka": {"port": base, "controller_port": base + 1},
+        "ferretdb": {"port": base + 2},
+        "mlflow": {"port": base + 3},
+        "dagster": {"port": base + 4},
+        "ray": {"serve_port": base + 5, "gcs_port": base + 100},
+    }
+
+
+def test_settings(data_dir: Path | None = None, port_base: int | None = None) -> Settings:
+    """Settings of a test stack: its own data folder and port block, the shared cache."""
+    base = port_base or int(os.environ.get("TWOTIER_TEST_PORT_BASE", "20000"))
+    data = data_dir or Path(os.environ.get("TWOTIER_TEST_DATA_DIR", REPO / ".twotier-test"))
     cache_dir = Path(os.environ.get("TWOTIER_TEST_CACHE_DIR", REPO / ".twotier" / "cache"))
     return load_settings(
         path=REPO / "tests" / "twotier-test.yaml",
-        data_dir=data_dir,
+        data_dir=data,
         cache_dir=cache_dir,
-        kafka={"port": 9092 + offset, "controller_port": 9093 + offset},
-        ferretdb={"port": 27017 + offset},
-        mlflow={"port": 5000 + offset},
-        dagster={"port": 3000 + offset},
-        ray={"gcs_port": 6379 + offset, "serve_port": 8000 + offset},
+        **port_block(base),
     )
+
+
+test_settings.__test__ = False  # type: ignore[attr-defined]
+
+
+@pytest.fixture(scope="session")
+def make_test_settings() -> Callable[..., Settings]:
+    """``test_settings`` as a fixture, for tests that need a second stack."""
+    return test_settings
 
 
 @pytest.fixture(scope="session")
 def settings() -> Settings:
     """Settings of the test stack (own data folder and ports, shared cache)."""
-    return _test_settings()
+    return test_settings()
 
 
 @pytest.fixture(scope="session")

@@ -1,6 +1,6 @@
 """The whole local stack through `Stack`: up is idempotent, down leaves nothing, failures roll back.
 
-Uses its own data folder and ports (default ports + 20000), apart from the session fixtures.
+Uses its own data folder and the port block above the session fixtures' stack.
 """
 
 from __future__ import annotations
@@ -9,32 +9,21 @@ import os
 import shutil
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from twotier.config import Settings, load_settings
+from twotier.config import Settings
 from twotier.infra.service import StackError, pid_alive, port_free
 from twotier.infra.stack import Stack
 
-OFFSET = 20000
-
 
 @pytest.fixture(scope="module")
-def stack_settings(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Settings:
+def stack_settings(settings: Settings, make_test_settings: Callable[..., Settings]) -> Settings:
     data_dir = Path(str(settings.data_dir) + "-stack")
     shutil.rmtree(data_dir, ignore_errors=True)
-    return load_settings(
-        path=Path(__file__).parent.parent / "twotier-test.yaml",
-        data_dir=data_dir,
-        cache_dir=settings.cache,
-        kafka={"port": 9092 + OFFSET, "controller_port": 9093 + OFFSET},
-        ferretdb={"port": 27017 + OFFSET},
-        mlflow={"port": 5000 + OFFSET},
-        dagster={"port": 3000 + OFFSET},
-        ray={"gcs_port": 6379 + OFFSET, "serve_port": 8000 + OFFSET},
-    )
+    return make_test_settings(data_dir=data_dir, port_base=settings.kafka.port + 300)
 
 
 @pytest.fixture(scope="module")
