@@ -18,9 +18,13 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from twotier.features.builtin import builtin_projects
+from twotier.features.spec import ProjectFeatures
+
 CONFIG_FILE_ENV = "TWOTIER_CONFIG"
 DEFAULT_CONFIG_FILE = "twotier.yaml"
 LOOPBACK = "127.0.0.1"
+PROJECT_PATTERN = r"^[a-z][a-z0-9_]{0,39}$"
 
 
 class ConfigError(ValueError):
@@ -152,7 +156,7 @@ class Settings(BaseSettings):
     """Logs, data and pid files of the local stack."""
     cache_dir: Path | None = None
     """Downloads and builds; defaults to ``<data_dir>/cache``."""
-    project: str = Field("movielens", pattern=r"^[a-z][a-z0-9_]{0,39}$")
+    project: str = Field("movielens", pattern=PROJECT_PATTERN)
     """The default project for commands that take ``--project``."""
     kafka: KafkaConfig = Field(default_factory=KafkaConfig)
     ferretdb: FerretDBConfig = Field(default_factory=FerretDBConfig)
@@ -163,9 +167,17 @@ class Settings(BaseSettings):
     ray: RayConfig = Field(default_factory=RayConfig)
     spark: SparkConfig = Field(default_factory=SparkConfig)
     stack: StackConfig = Field(default_factory=StackConfig)
+    projects: dict[str, ProjectFeatures] = Field(default_factory=builtin_projects)
+    """Feature groups and model features per project; defaults: movielens and memes."""
 
     @model_validator(mode="after")
     def _absolute_paths(self) -> Settings:
+        for name in self.projects:
+            if not re.match(PROJECT_PATTERN, name):
+                raise ValueError(
+                    f"projects: invalid project name {name!r}: use 1-40 lowercase letters, "
+                    "digits or '_', starting with a letter"
+                )
         self.data_dir = self.data_dir.expanduser().resolve()
         if self.cache_dir is not None:
             self.cache_dir = self.cache_dir.expanduser().resolve()
@@ -195,6 +207,20 @@ class Settings(BaseSettings):
     @property
     def offline_store_dsn(self) -> str:
         return self.offline_store.dsn or f"chdb://{self.data_dir / 'offline'}"
+
+    def project_features(self, project: str) -> ProjectFeatures:
+        """The feature groups and models of ``project``.
+
+        Raises:
+            ConfigError: The project is not declared under ``projects``.
+        """
+        try:
+            return self.projects[project]
+        except KeyError:
+            raise ConfigError(
+                f"unknown project {project!r}: declared projects are {sorted(self.projects)} "
+                "(add it under `projects:` in twotier.yaml)"
+            ) from None
 
     @property
     def dagster_home(self) -> Path:

@@ -1,0 +1,1 @@
+"""Feature groups, model features and the feature store API of twotier."""

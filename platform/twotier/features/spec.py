@@ -1,0 +1,262 @@
+"""The feature contract: feature groups and model features, declared once per project.
+
+A **feature group** holds the ordered features of one entity (user, item or user-item pair).
+Its *raw* features (counters, sums, last-seen times) are what the stores keep; its
+*derived* features (rates with a prior, recency) are computed from raw ones at read time,
+the same way online and offline. **Model features** list feature groups in order plus
+request-time features, which fixes a model's input tensor column by column; the spec is
+stored with every registered model.
+
+Example (YAML, under ``projects.<name>`` in ``twotier.yaml``)::
+
+    feature_groups:
+      - name: user_stats
+        entity: user
+        version: 1
+        features:
+          - {name: views, kind: counter, action: view}
+          - {name: smiles, kind: counter, action: smile}
+          - {name: smile_rate, kind: rate, numerator: smiles, denominator: views,
+             prior_mean: 0.5, prior_weight: 5}
+    models:
+      - name: ranker
+        tier: tier2
+        feature_groups: [user_stats, item_stats]
+        request_features: [{name: position, default: 0}]
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+Entity = Literal["user", "item", "user_item"]
+NAME_PATTERN = r"^[a-z][a-z0-9_]{0,62}$"
+"""Feature, group and model names: lowercase, no dots (FerretDB field names), no ``$``."""
+
+
+class _Spec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# -- features -------------------------------------------------------------------
+
+
+class CounterFeature(_Spec):
+    """A raw counter (``agg: count``) or sum of event values (``agg: sum``) of one action.
+
+    With ``by`` (an event context key such as ``content_type`` or ``genre``) and ``values``,
+    it expands into one stored field and one column per value, in the order of ``values``,
+    named ``<name>__<value>``.
+    """
+
+    kind: Literal["counter"] = "counter"
+    name: str = Field(pattern=NAME_PATTERN)
+    action: str = Field(min_length=1)
+    agg: Literal["count", "sum"] = "count"
+    by: str | None = Field(None, pattern=NAME_PATTERN)
+    values: tuple[str, ...] = ()
+    default: float = 0.0
+
+    @model_validator(mode="after")
+    def _by_needs_values(self) -> CounterFeature:
+        if (self.by is None) != (not self.values):
+            raise ValueError(f"feature {self.name!r}: `by` and `values` go together")
+        for value in self.values:
+            if not value or "." in value or value.startswith("$"):
+                raise ValueError(f"feature {self.name!r}: value {value!r} may not hold '.' or '$'")
+        return self
+
+
+class LastSeenFeature(_Spec):
+    """A raw last event time (ms) of one action, stored with ``$max``; ``default`` if never."""
+
+    kind: Literal["last_seen"] = "last_seen"
+    name: str = Field(pattern=NAME_PATTERN)
+    action: str = Field(min_length=1)
+    default: float = 0.0
+
+
+class RateFeature(_Spec):
+    """Derived at read time: ``(num + prior_mean * prior_weight) / (den + prior_weight)``.
+
+    With ``prior_weight: 0`` and a zero denominator the value is ``prior_mean``.
+    """
+
+    kind: Literal["rate"] = "rate"
+    name: str = Field(pattern=NAME_PATTERN)
+    numerator: str
+    denominator: str
+    prior_mean: float = 0.0
+    prior_weight: float = Field(0.0, ge=0)
+
+    @property
+    def default(self) -> float:
+        return self.prior_mean
+
+
+class RecencyFeature(_Spec):
+    """Derived at read time: seconds from the ``last_seen`` feature ``of`` to the request time.
+
+    ``default`` (e.g. a large number) when the entity never did the action.
+    """
+
+    kind: Literal["recency"] = "recency"
+    name: str = Field(pattern=NAME_PATTERN)
+    of: str
+    default: float = 1e9
+
+
+Feature = Annotated[
+    CounterFeature | LastSeenFeature | RateFeature | RecencyFeature, Field(discriminator="kind")
+]
+RAW_KINDS = ("counter", "last_seen")
+
+
+# -- feature groups ---------------------------------------------------------------
+
+
+class FeatureGroup(_Spec):
+    """The ordered features of one entity, kept online and/or offline."""
+
+    name: str = Field(pattern=NAME_PATTERN)
+    entity: Entity
+    version: int = Field(1, ge=1)
+    online: bool = True
+    offline: bool = True
+    features: tuple[Feature, ...] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _references(self) -> FeatureGroup:
+        seen: dict[str, str] = {}
+        for f in self.features:
+            if f.name in seen:
+                raise ValueError(f"group {self.name!r}: feature {f.name!r} declared twice")
+            seen[f.name] = f.kind
+        for f in self.features:
+            refs: list[tuple[str, tuple[str, ...]]] = []
+            if isinstance(f, RateFeature):
+                refs = [(f.numerator, ("counter",)), (f.denominator, ("counter",))]
+            elif isinstance(f, RecencyFeature):
+                refs = [(f.of, ("last_seen",))]
+            for ref, kinds in refs:
+                if seen.get(ref) not in kinds:
+                    raise ValueError(
+                        f"group {self.name!r}: feature {f.name!r} refers to {ref!r}, which is "
+                        f"not a {' or '.join(kinds)} feature of this group"
+                    )
+        return self
+
+    @property
+    def key(self) -> str:
+        """``<name>_v<version>``: the stored name; a new version is a new collection/table."""
+        return f"{self.name}_v{self.version}"
+
+    def raw_features(self) -> list[CounterFeature | LastSeenFeature]:
+        """The features the stores keep, in declaration order."""
+        return [f for f in self.features if isinstance(f, CounterFeature | LastSeenFeature)]
+
+    def stored_fields(self) -> list[str]:
+        """Field names of the raw values in a stored document, in order."""
+        fields: list[str] = []
+        for f in self.raw_features():
+            if isinstance(f, CounterFeature) and f.by:
+                fields.extend(f"{f.name}__{v}" for v in f.values)
+            else:
+                fields.append(f.name)
+        return fields
+
+    def columns(self) -> list[str]:
+        """Output column names of this group (raw and derived), in declaration order."""
+        columns: list[str] = []
+        for f in self.features:
+            if isinstance(f, CounterFeature) and f.by:
+                columns.extend(f"{f.name}__{v}" for v in f.values)
+            else:
+                columns.append(f.name)
+        return columns
+
+
+# -- model features -----------------------------------------------------------------
+
+
+class RequestFeature(_Spec):
+    """A feature the caller sends with the request (e.g. the slot position)."""
+
+    name: str = Field(pattern=NAME_PATTERN)
+    default: float = 0.0
+
+
+class ModelFeatures(_Spec):
+    """The input layout of one model: feature groups in order, then request features."""
+
+    name: str = Field(pattern=NAME_PATTERN)
+    tier: Literal["tier1", "tier2"] = "tier2"
+    feature_groups: tuple[str, ...] = Field(min_length=1)
+    request_features: tuple[RequestFeature, ...] = ()
+
+
+class ModelFeatureSpec(_Spec):
+    """What travels with a registered model: its layout and the full groups it reads.
+
+    Serving rebuilds exactly the training layout from this, even after the project's
+    configuration has moved on.
+    """
+
+    model: ModelFeatures
+    groups: tuple[FeatureGroup, ...]
+
+    def columns(self) -> list[str]:
+        """The model's input columns: ``<group>.<column>`` per group, then request features."""
+        cols = [f"{g.name}.{c}" for g in self.groups for c in g.columns()]
+        return cols + [f"request.{r.name}" for r in self.model.request_features]
+
+    def to_json(self) -> str:
+        return self.model_dump_json()
+
+    @classmethod
+    def from_json(cls, data: str | bytes) -> ModelFeatureSpec:
+        return cls.model_validate(json.loads(data))
+
+
+# -- projects ---------------------------------------------------------------------------
+
+
+class ProjectFeatures(_Spec):
+    """The feature groups and model features of one project."""
+
+    feature_groups: tuple[FeatureGroup, ...] = ()
+    models: tuple[ModelFeatures, ...] = ()
+
+    @model_validator(mode="after")
+    def _references(self) -> ProjectFeatures:
+        names = [g.name for g in self.feature_groups]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"feature groups declared twice: {duplicates}")
+        for m in self.models:
+            unknown = [g for g in m.feature_groups if g not in names]
+            if unknown:
+                raise ValueError(
+                    f"model {m.name!r} reads unknown feature group(s) {unknown} (declared: {names})"
+                )
+        return self
+
+    def group(self, name: str) -> FeatureGroup:
+        for g in self.feature_groups:
+            if g.name == name:
+                return g
+        raise KeyError(
+            f"no feature group {name!r}; declared: {[g.name for g in self.feature_groups]}"
+        )
+
+    def model_spec(self, model: str) -> ModelFeatureSpec:
+        """The layout of ``model`` with the groups it reads, ready to store with the model."""
+        for m in self.models:
+            if m.name == model:
+                return ModelFeatureSpec(
+                    model=m, groups=tuple(self.group(g) for g in m.feature_groups)
+                )
+        raise KeyError(f"no model {model!r}; declared: {[m.name for m in self.models]}")
