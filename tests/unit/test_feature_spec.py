@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from pydantic import ValidationError
 
@@ -56,7 +58,7 @@ def test_model_reading_an_unknown_group_is_rejected() -> None:
         ProjectFeatures.model_validate({"models": [{"name": "m", "feature_groups": ["nope"]}]})
 
 
-def test_projects_come_from_yaml_and_unknown_ones_are_a_clear_error(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_projects_come_from_yaml_and_unknown_ones_are_a_clear_error(tmp_path: Path) -> None:
     cfg = tmp_path / "twotier.yaml"
     cfg.write_text(
         "projects:\n  shop:\n    feature_groups:\n      - name: u\n        entity: user\n"
@@ -69,7 +71,7 @@ def test_projects_come_from_yaml_and_unknown_ones_are_a_clear_error(tmp_path) ->
         settings.project_features("movielens")
 
 
-def test_bad_project_name_in_yaml_names_the_file(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_bad_project_name_in_yaml_names_the_file(tmp_path: Path) -> None:
     cfg = tmp_path / "twotier.yaml"
     cfg.write_text("projects:\n  Bad-Name: {}\n")
     with pytest.raises(ConfigError, match="Bad-Name"):
