@@ -70,13 +70,17 @@ def check_batch_key(batch_key: str) -> str:
     return batch_key
 
 
-def check_increments(increments: Mapping[str, Mapping[str, float]]) -> None:
+def check_increments(
+    increments: Mapping[str, Mapping[str, float]],
+    maxima: Mapping[str, Mapping[str, float]] | None = None,
+) -> None:
     """Validate the ids and field names of an increments batch before any write.
 
     Raises:
-        OnlineStoreError: An id is empty or not a string, or a field name is invalid.
+        OnlineStoreError: An id is empty or not a string, a field name is invalid, or
+            a field is both incremented and maximised in one document.
     """
-    for entity_id, fields in increments.items():
+    for entity_id, fields in [*increments.items(), *(maxima or {}).items()]:
         if not isinstance(entity_id, str) or not entity_id:
             raise OnlineStoreError(
                 f"invalid entity id {entity_id!r}: online ids are non-empty strings "
@@ -84,6 +88,13 @@ def check_increments(increments: Mapping[str, Mapping[str, float]]) -> None:
             )
         for name in fields:
             check_field_name(name)
+    for entity_id, fields in (maxima or {}).items():
+        both = sorted(set(fields) & set(increments.get(entity_id, {})))
+        if both:
+            raise OnlineStoreError(
+                f"entity {entity_id!r}: field(s) {both} are both incremented and maximised "
+                "in one batch; a field is either a counter ($inc) or a maximum ($max)"
+            )
 
 
 class OnlineStore(ABC):
@@ -155,13 +166,15 @@ class OnlineStore(ABC):
         batch_key: str,
         batch_id: int,
         increments: Mapping[str, Mapping[str, float]],
+        maxima: Mapping[str, Mapping[str, float]] | None = None,
     ) -> ApplyResult:
         """Add ``increments`` to the documents' counters, exactly once per batch.
 
         Each document is updated only if its last applied batch id for ``batch_key``
-        is missing or lower than ``batch_id``; then its counters are incremented and
-        the batch id recorded in the same single-document write. Replaying a batch,
-        or an older one, changes nothing. Missing documents are created.
+        is missing or lower than ``batch_id``; then its counters are incremented, its
+        ``maxima`` fields raised, and the batch id recorded in the same single-document
+        write. Replaying a batch, or an older one, changes nothing. Missing documents
+        are created.
 
         Args:
             collection: The collection to write.
@@ -169,6 +182,10 @@ class OnlineStore(ABC):
                 independent writers of one document keep separate batch ids.
             batch_id: The writer's monotonically increasing batch number.
             increments: Per entity id, the amount to add to each counter field.
+            maxima: Per entity id, values that replace a field only when larger than
+                the stored one (``$max``; e.g. last-seen times in ms). A field may not
+                be both incremented and maximised in one document. Ids may differ
+                from those of ``increments``.
 
         Returns:
             How many documents were written and how many skipped as already applied.
@@ -181,16 +198,20 @@ class OnlineStore(ABC):
     # -- reads ---------------------------------------------------------------
 
     @abstractmethod
-    def get_many(self, collection: str, ids: Sequence[str]) -> dict[str, dict[str, float]]:
+    def get_many(
+        self, collection: str, ids: Sequence[str], fields: Sequence[str] | None = None
+    ) -> dict[str, dict[str, float]]:
         """Read the feature fields of many entities in one round trip.
 
         Args:
             collection: The collection to read.
             ids: Entity ids; unknown ids are simply absent from the result.
+            fields: Only these feature fields (a projection: less to send and decode);
+                all of them when None. Fields a document lacks are absent.
 
         Returns:
             Per known id, its feature fields (bookkeeping fields left out).
 
         Raises:
-            OnlineStoreError: The server refused the query.
+            OnlineStoreError: A field name is invalid or the server refused the query.
         """

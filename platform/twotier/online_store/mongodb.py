@@ -70,6 +70,7 @@ class MongoDBOnlineStore(OnlineStore):
             "_id": "42",                        # entity id, always a string
             "views": 17, "smiles": 6,           # raw counters, only ever $inc'ed
             "dislikes": 1, "rating_sum": 61.5,
+            "last_view_ts": 1700000000000,      # last-seen times, only ever $max'ed
             "_batch": {"online-3f2a9c0d": 12},  # per writer: last applied batch id
         }
 
@@ -79,8 +80,8 @@ class MongoDBOnlineStore(OnlineStore):
 
     1. every document is upserted by ``_id`` alone with ``$setOnInsert`` (creates the
        missing ones; never conflicts with an existing one);
-    2. every document gets one ``$inc`` + ``$set`` whose filter is a compare-and-set
-       on ``_batch.<writer>`` (missing or lower than the batch id).
+    2. every document gets one ``$inc`` + ``$max`` + ``$set`` whose filter is a
+       compare-and-set on ``_batch.<writer>`` (missing or lower than the batch id).
 
     A replayed batch is then a plain non-match rather than a duplicate-key error.
     That matters on FerretDB v1, which stops an "unordered" batch at its first error
@@ -166,16 +167,21 @@ class MongoDBOnlineStore(OnlineStore):
         batch_key: str,
         batch_id: int,
         increments: Mapping[str, Mapping[str, float]],
+        maxima: Mapping[str, Mapping[str, float]] | None = None,
     ) -> ApplyResult:
         check_batch_key(batch_key)
         if isinstance(batch_id, bool) or not isinstance(batch_id, int) or batch_id < 0:
             raise OnlineStoreError(f"invalid batch id {batch_id!r}: use an int >= 0")
-        check_increments(increments)
+        check_increments(increments, maxima)
         counters = {
             entity_id: {k: _number(v) for k, v in fields.items()}
             for entity_id, fields in increments.items()
         }
-        ids = list(counters)
+        highest = {
+            entity_id: {k: _number(v) for k, v in fields.items()}
+            for entity_id, fields in (maxima or {}).items()
+        }
+        ids = list(dict.fromkeys([*counters, *highest]))
         if not ids:
             return ApplyResult(batch_id, 0, 0, 0)
         size = self._server.statements_per_command
@@ -187,8 +193,10 @@ class MongoDBOnlineStore(OnlineStore):
         cas = []
         for i in ids:
             update: dict[str, Any] = {"$set": {marker: batch_id}}
-            if counters[i]:
+            if counters.get(i):
                 update["$inc"] = counters[i]
+            if highest.get(i):
+                update["$max"] = highest[i]
             # "$not $gte" also matches a document without a marker for this writer.
             cas.append({"q": {"_id": i, marker: {"$not": {"$gte": batch_id}}}, "u": update})
         for chunk in _chunks(ensure, size):
@@ -228,18 +236,29 @@ class MongoDBOnlineStore(OnlineStore):
 
     # -- reads ---------------------------------------------------------------
 
-    def get_many(self, collection: str, ids: Sequence[str]) -> dict[str, dict[str, float]]:
+    def get_many(
+        self, collection: str, ids: Sequence[str], fields: Sequence[str] | None = None
+    ) -> dict[str, dict[str, float]]:
         wanted = list(dict.fromkeys(ids))
         if not wanted:
             return {}
+        projection = None
+        if fields is not None:
+            projection = {"_id": 1, **{check_field_name(name): 1 for name in fields}}
         try:
             # batch_size and limit = len(ids): the whole answer comes in the first reply.
             cursor = self._db[collection].find(
-                {"_id": {"$in": wanted}}, batch_size=len(wanted), limit=len(wanted)
+                {"_id": {"$in": wanted}},
+                projection,
+                batch_size=len(wanted),
+                limit=len(wanted),
             )
             docs = list(cursor)
         except PyMongoError as exc:
             raise OnlineStoreError(f"cannot read {collection!r}: {exc}") from exc
+        if projection is not None:
+            # The projection already left out the bookkeeping fields; only _id remains.
+            return {str(doc.pop("_id")): doc for doc in docs}
         return {
             str(doc["_id"]): {k: v for k, v in doc.items() if not k.startswith("_")} for doc in docs
         }
