@@ -1,7 +1,7 @@
 """The ``twotier`` command line.
 
-The core registers the commands that need only the core (``config``, ``replay``);
-the other folders add theirs through the ``twotier.cli`` entry-point group
+The core registers the commands that need only the core (``config``, ``replay``,
+``generate``); the other folders add theirs through the ``twotier.cli`` entry-point group
 (``infra`` adds ``up``/``down``/``status``, ``feature_jobs`` adds ``stream`` …),
 so the core never imports them.
 """
@@ -97,17 +97,75 @@ def replay_command(
     speedup: Annotated[
         float | None, typer.Option(help="Follow event time divided by this; default: max speed.")
     ] = None,
+    items: Annotated[
+        bool,
+        typer.Option(help="Also load movies.csv (title, genres) as item data (online store)."),
+    ] = True,
 ) -> None:
-    """Replay MovieLens ratings into the project's Kafka topic as events."""
+    """Replay MovieLens ratings into the project's Kafka topic as events, with item data."""
+    from twotier.items import load_items, movielens_items
     from twotier.replay import replay_movielens
 
     settings = state.settings()
     project = project or settings.project
     with progress_lines(f"replaying {dataset} into project {project}") as show:
+        loaded = 0
+        if items:
+            show(f"loading item data from {dataset / 'movies.csv'}")
+            loaded = load_items(settings, project, movielens_items(dataset))
+            show(f"{loaded} items loaded")
         n = replay_movielens(
             settings, project, dataset, limit=limit, speedup=speedup, progress=show
         )
-    console.print(f"[green]replayed[/green] {n} events into project {project}")
+    console.print(f"[green]replayed[/green] {n} events and {loaded} items into project {project}")
+
+
+@app.command("generate")
+def generate_command(
+    project: Annotated[
+        str, typer.Option("--project", "-p", help="Project receiving the events.")
+    ] = "memes",
+    events_per_second: Annotated[
+        float, typer.Option("--events-per-second", "-r", min=0.001, help="Target rate.")
+    ] = 1000.0,
+    limit: Annotated[
+        int | None, typer.Option(min=0, help="Stop after N events (default: no limit).")
+    ] = None,
+    duration: Annotated[
+        float | None, typer.Option(min=0.001, help="Stop after this many seconds.")
+    ] = None,
+    users: Annotated[int, typer.Option(min=1, help="Number of users.")] = 1000,
+    items: Annotated[int, typer.Option(min=1, help="Number of items (memes).")] = 5000,
+    seed: Annotated[int, typer.Option(min=0, help="Same seed, same events (and ids).")] = 0,
+    item_data: Annotated[
+        bool, typer.Option(help="Load the items' content types as item data first.")
+    ] = True,
+) -> None:
+    """Produce a synthetic meme feed (views, smiles, dislikes, comments, shares) for load tests.
+
+    Without --limit or --duration it runs until Ctrl-C.
+    """
+    from twotier.generate import MemeFeedConfig, generate_memes
+
+    settings = state.settings()
+    config = MemeFeedConfig(users=users, items=items, seed=seed)
+    with progress_lines(f"generating meme events into project {project}") as show:
+        report = generate_memes(
+            settings,
+            project,
+            config,
+            events_per_second=events_per_second,
+            limit=limit,
+            duration_s=duration,
+            load_item_data=item_data,
+            progress=show,
+        )
+    actions = ", ".join(f"{k} {v}" for k, v in sorted(report.actions.items()))
+    console.print(
+        f"[green]generated[/green] {report.events} events into {report.topic} in "
+        f"{report.seconds:.1f} s: {report.events_per_second:.0f} events/s achieved "
+        f"(target {events_per_second:g}); {actions}"
+    )
 
 
 def _load_plugins() -> None:

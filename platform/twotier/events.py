@@ -12,7 +12,7 @@ consumers de-duplicate by it.
 from __future__ import annotations
 
 from collections.abc import Collection
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
@@ -22,11 +22,29 @@ KNOWN_ACTIONS: tuple[str, ...] = ("view", "smile", "dislike", "comment", "share"
 NonEmpty = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=256)]
 
 
-class BadEvent(ValueError):
-    """A raw message is not a valid event of a known project; ``reason`` says why."""
+BadEventKind = Literal[
+    "not_utf8",
+    "bad_json",
+    "not_object",
+    "missing_field",
+    "wrong_type",
+    "invalid_value",
+    "unknown_project",
+]
+"""The category of a malformed message: what dead-letter counts are keyed by."""
 
-    def __init__(self, reason: str) -> None:
+
+class BadEvent(ValueError):
+    """A raw message is not a valid event of a known project.
+
+    Attributes:
+        reason: Every problem found, in words (names the field and the value).
+        kind: The category of the first problem, for counting.
+    """
+
+    def __init__(self, reason: str, kind: BadEventKind = "invalid_value") -> None:
         self.reason = reason
+        self.kind: BadEventKind = kind
         super().__init__(f"bad event: {reason}")
 
 
@@ -62,6 +80,22 @@ class Event(BaseModel):
         return cls.model_validate_json(data)
 
 
+_TYPE_ERRORS = ("_type", "_parsing")
+
+
+def _kind(error: ValidationError) -> BadEventKind:
+    first = error.errors(include_url=False)[0]["type"]
+    if first == "json_invalid":
+        return "bad_json"
+    if first == "model_type":
+        return "not_object"
+    if first == "missing":
+        return "missing_field"
+    if first.endswith(_TYPE_ERRORS):
+        return "wrong_type"
+    return "invalid_value"
+
+
 def _describe(error: ValidationError) -> str:
     parts = []
     for item in error.errors(include_url=False):
@@ -89,19 +123,21 @@ def parse_event(raw: bytes | str, known_projects: Collection[str]) -> Event:
 
     Raises:
         BadEvent: The message is not JSON, not an object, lacks a field, has a field of
-            the wrong type, or belongs to an unknown project; ``reason`` says which.
+            the wrong type, or belongs to an unknown project; ``reason`` says which and
+            ``kind`` names the category.
     """
     if isinstance(raw, bytes):
         try:
             raw = raw.decode("utf-8")
         except UnicodeDecodeError as exc:
-            raise BadEvent(f"not UTF-8 ({exc.reason} at byte {exc.start})") from exc
+            raise BadEvent(f"not UTF-8 ({exc.reason} at byte {exc.start})", "not_utf8") from exc
     try:
         event = Event.from_json(raw)
     except ValidationError as exc:
-        raise BadEvent(_describe(exc)) from exc
+        raise BadEvent(_describe(exc), _kind(exc)) from exc
     if event.project not in known_projects:
         raise BadEvent(
-            f"unknown project {event.project!r} (known: {', '.join(sorted(known_projects))})"
+            f"unknown project {event.project!r} (known: {', '.join(sorted(known_projects))})",
+            "unknown_project",
         )
     return event

@@ -14,13 +14,13 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from twotier.config import Settings
-from twotier.errors import TwotierError
-from twotier.events import BadEvent, Event, parse_event
+from twotier.dead_letter import DeadLetters, consume_events
+from twotier.events import Event
+from twotier.kafka_clients import kafka_error, make_producer
 from twotier.naming import events_topic
 
 log = logging.getLogger(__name__)
@@ -136,13 +136,6 @@ def movielens_events(
         yield from rating_events(project, rating, mapping)
 
 
-def _kafka_error(settings: Settings, exc: Exception) -> TwotierError:
-    return TwotierError(
-        f"kafka at {settings.kafka.bootstrap}: {type(exc).__name__}: {exc}. "
-        "Fix: start the stack (`twotier up`) or set kafka.bootstrap_servers in twotier.yaml"
-    )
-
-
 def ensure_topic(settings: Settings, project: str, partitions: int = DEFAULT_PARTITIONS) -> str:
     """Create the project's events topic if it is missing; return its name."""
     from kafka import KafkaAdminClient
@@ -156,7 +149,7 @@ def ensure_topic(settings: Settings, project: str, partitions: int = DEFAULT_PAR
             bootstrap_timeout_ms=10_000,
         )
     except (KafkaError, OSError) as exc:
-        raise _kafka_error(settings, exc) from exc
+        raise kafka_error(settings, exc) from exc
     try:
         if topic not in admin.list_topics():
             try:
@@ -168,7 +161,7 @@ def ensure_topic(settings: Settings, project: str, partitions: int = DEFAULT_PAR
             except TopicAlreadyExistsError:
                 pass
     except KafkaError as exc:
-        raise _kafka_error(settings, exc) from exc
+        raise kafka_error(settings, exc) from exc
     finally:
         admin.close()
     return topic
@@ -201,23 +194,12 @@ def replay_movielens(
     Raises:
         TwotierError: Kafka is unreachable or rejected an event.
     """
-    from kafka import KafkaProducer
     from kafka.errors import KafkaError
 
     if speedup is not None and speedup <= 0:
         raise ValueError(f"speedup must be > 0 or None, got {speedup}")
     topic = ensure_topic(settings, project)
-    try:
-        producer = KafkaProducer(
-            bootstrap_servers=settings.kafka.bootstrap,
-            client_id="twotier-replay",
-            acks="all",
-            linger_ms=20,
-            batch_size=256 * 1024,
-            bootstrap_timeout_ms=10_000,
-        )
-    except (KafkaError, OSError) as exc:
-        raise _kafka_error(settings, exc) from exc
+    producer = make_producer(settings, "twotier-replay")
 
     failures: list[BaseException] = []
     sent = 0
@@ -242,11 +224,11 @@ def replay_movielens(
                 progress(f"replay: {sent} events sent")
         producer.flush()
     except KafkaError as exc:
-        raise _kafka_error(settings, exc) from exc
+        raise kafka_error(settings, exc) from exc
     finally:
         producer.close()
     if failures:
-        raise _kafka_error(settings, Exception(f"{len(failures)} event(s) failed: {failures[0]}"))
+        raise kafka_error(settings, Exception(f"{len(failures)} event(s) failed: {failures[0]}"))
     progress(f"replay: {sent} events produced to {topic} in {time.monotonic() - wall_start:.1f} s")
     return sent
 
@@ -257,7 +239,9 @@ def read_events(
     """Every event currently in the project's topic, read from the beginning.
 
     Reads up to the end offsets seen at the start, so it returns as soon as the
-    topic is drained (or after ``timeout_s``).
+    topic is drained (or after ``timeout_s``). Malformed messages are counted and
+    logged, not dead-lettered: the topic's own consumer does that once
+    (``twotier.dead_letter.consume_events``).
 
     Args:
         settings: Where Kafka is.
@@ -267,49 +251,17 @@ def read_events(
 
     Raises:
         TwotierError: Kafka is unreachable.
-        BadEvent: A message is malformed and ``skip_bad`` is false.
+        BadEvent: A message is malformed and ``skip_bad`` is false (raised after reading).
     """
-    from kafka import KafkaConsumer, TopicPartition
-    from kafka.errors import KafkaError
-
-    topic = events_topic(project)
-    try:
-        consumer = KafkaConsumer(
-            bootstrap_servers=settings.kafka.bootstrap,
-            client_id="twotier-read-events",
-            group_id=None,
-            enable_auto_commit=False,
-            allow_auto_create_topics=False,
-            bootstrap_timeout_ms=10_000,
+    counted = DeadLetters(settings, project, publish=False)
+    events = list(consume_events(settings, project, dead_letters=counted, timeout_s=timeout_s))
+    if counted.first_error is not None:
+        if not skip_bad:
+            raise counted.first_error
+        log.warning(
+            "skipped %d malformed message(s) in %s: %s",
+            counted.total,
+            events_topic(project),
+            counted.counts(),
         )
-    except (KafkaError, OSError) as exc:
-        raise _kafka_error(settings, exc) from exc
-    events: list[Event] = []
-    bad = 0
-    try:
-        partitions = consumer.partitions_for_topic(topic)
-        if not partitions:
-            return []
-        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
-        consumer.assign(tps)
-        consumer.seek_to_beginning(*tps)
-        end: dict[Any, int] = consumer.end_offsets(tps)
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if all(consumer.position(tp) >= end[tp] for tp in tps):
-                break
-            for records in consumer.poll(timeout_ms=500).values():
-                for record in records:
-                    try:
-                        events.append(parse_event(record.value, {project}))
-                    except BadEvent:
-                        if not skip_bad:
-                            raise
-                        bad += 1
-    except KafkaError as exc:
-        raise _kafka_error(settings, exc) from exc
-    finally:
-        consumer.close()
-    if bad:
-        log.warning("skipped %d malformed message(s) in %s", bad, topic)
     return events

@@ -1,0 +1,164 @@
+"""Item data: the attributes of a project's items (genres, title, content type).
+
+Item data lives in the online store collection ``naming.online_collection(project,
+"content")``, one document per item, written with upserts (loading twice is a no-op)::
+
+    {"_id": "31", "title": "Dangerous Minds (1995)", "genres": ["Drama"]}
+    {"_id": "m17", "content_type": "gif"}
+
+``movielens_items`` reads MovieLens ``movies.csv``; ``twotier.generate`` makes the
+items of the synthetic meme feed.
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+
+from twotier.config import Settings
+from twotier.errors import TwotierError
+from twotier.naming import online_collection
+
+CONTENT_GROUP = "content"
+"""The name under which item data is stored (``<project>__content`` online)."""
+
+NO_GENRES = "(no genres listed)"
+"""How MovieLens marks a movie without genres; loaded as an empty list."""
+
+_ATTRIBUTE = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,63}$")
+# FerretDB v1 keeps one SQLite connection per filtered update until the command ends
+# (pool of 100), so upserts go in commands of at most this many statements.
+_STATEMENTS_PER_COMMAND = 50
+
+
+class ItemDataError(TwotierError):
+    """Item data could not be read or written; the message names the item or file."""
+
+
+class Item(BaseModel):
+    """One item and its attributes (string or list of strings each)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    item_id: Annotated[str, StringConstraints(min_length=1, max_length=256)]
+    attributes: dict[str, str | list[str]] = Field(default_factory=dict)
+
+    @field_validator("attributes")
+    @classmethod
+    def _field_names(cls, value: dict[str, str | list[str]]) -> dict[str, str | list[str]]:
+        for name in value:
+            if not _ATTRIBUTE.match(name):
+                raise ValueError(
+                    f"invalid attribute name {name!r}: use a letter then letters, digits or "
+                    "'_' (no dots, '$' or leading '_': MongoDB/FerretDB field rules)"
+                )
+        return value
+
+
+def movielens_items(dataset_dir: Path) -> list[Item]:
+    """The movies of ``dataset_dir/movies.csv`` with ``title`` and ``genres`` (a list).
+
+    Raises:
+        FileNotFoundError: ``movies.csv`` is missing.
+        ItemDataError: A row is malformed; the message names the line.
+    """
+    path = Path(dataset_dir) / "movies.csv"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found: point dataset_dir at a MovieLens folder")
+    items: list[Item] = []
+    with open(path, newline="", encoding="utf-8") as f:
+        for line, row in enumerate(csv.DictReader(f), start=2):
+            try:
+                genres = [] if row["genres"] == NO_GENRES else row["genres"].split("|")
+                items.append(
+                    Item(
+                        item_id=str(int(row["movieId"])),
+                        attributes={"title": row["title"], "genres": genres},
+                    )
+                )
+            except (KeyError, TypeError, ValueError, AttributeError) as exc:
+                raise ItemDataError(f"{path}:{line}: not a MovieLens movie row: {row}") from exc
+    return items
+
+
+def _client(settings: Settings) -> Any:
+    from pymongo import MongoClient
+
+    return MongoClient(settings.online_store_uri, serverSelectionTimeoutMS=10_000)
+
+
+def load_items(settings: Settings, project: str, items: Iterable[Item]) -> int:
+    """Upsert item attributes into the project's online ``content`` collection.
+
+    Each item's attributes are ``$set`` on the document ``{_id: item_id}``; loading the
+    same items again changes nothing, and attributes not mentioned are kept.
+
+    Args:
+        settings: Where the online store is.
+        project: The project owning the items.
+        items: The items; a later duplicate id wins; one without attributes writes nothing.
+
+    Returns:
+        How many distinct items were written.
+
+    Raises:
+        ItemDataError: The online store is unreachable or refused a write.
+    """
+    from pymongo import UpdateOne
+    from pymongo.errors import PyMongoError
+
+    collection_name = online_collection(project, CONTENT_GROUP)
+    latest = {item.item_id: item for item in items}
+    ops = [
+        UpdateOne({"_id": item_id}, {"$set": dict(item.attributes)}, upsert=True)
+        for item_id, item in latest.items()
+        if item.attributes
+    ]
+    client = _client(settings)
+    try:
+        collection = client[settings.online_store.database][collection_name]
+        for start in range(0, len(ops), _STATEMENTS_PER_COMMAND):
+            collection.bulk_write(ops[start : start + _STATEMENTS_PER_COMMAND], ordered=True)
+    except PyMongoError as exc:
+        raise ItemDataError(
+            f"cannot load item data into {collection_name!r} at {settings.online_store_uri}: "
+            f"{exc} (is FerretDB/MongoDB running? `twotier up`; loading again is safe)"
+        ) from exc
+    finally:
+        client.close()
+    return len(ops)
+
+
+def read_items(settings: Settings, project: str, item_ids: Sequence[str]) -> dict[str, Item]:
+    """The stored attributes of ``item_ids`` (one round trip); unknown ids are left out.
+
+    Raises:
+        ItemDataError: The online store is unreachable.
+    """
+    from pymongo.errors import PyMongoError
+
+    collection_name = online_collection(project, CONTENT_GROUP)
+    wanted = list(dict.fromkeys(item_ids))
+    if not wanted:
+        return {}
+    client = _client(settings)
+    try:
+        docs = list(
+            client[settings.online_store.database][collection_name].find({"_id": {"$in": wanted}})
+        )
+    except PyMongoError as exc:
+        raise ItemDataError(f"cannot read item data from {collection_name!r}: {exc}") from exc
+    finally:
+        client.close()
+    return {
+        str(doc["_id"]): Item(
+            item_id=str(doc["_id"]),
+            attributes={k: v for k, v in doc.items() if not k.startswith("_")},
+        )
+        for doc in docs
+    }
