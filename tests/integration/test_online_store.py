@@ -41,7 +41,7 @@ def store(
     settings: Settings, ferretdb: Service, commands: _Commands
 ) -> Iterator[MongoDBOnlineStore]:
     with MongoDBOnlineStore.from_settings(settings, event_listeners=[commands]) as s:
-        yield s  # type: ignore[misc]
+        yield s  # type: ignore[misc,unused-ignore]
 
 
 @pytest.fixture
@@ -172,3 +172,47 @@ def test_a_failing_write_names_the_document(store: MongoDBOnlineStore, collectio
     store._db[collection].insert_one({"_id": "7", "views": "not a number"})
     with pytest.raises(OnlineStoreError, match=r"id '7'.*safe to replay"):
         store.apply_increments(collection, "writer-a", 0, {"7": {"views": 1}})
+
+
+def test_maxima_only_ever_raise_a_field(store: MongoDBOnlineStore, collection: str) -> None:
+    store.apply_increments(
+        collection, "writer-a", 0, {"1": {"views": 1}}, maxima={"1": {"last_ts": 500}}
+    )
+    # A document only in maxima is created too.
+    store.apply_increments(
+        collection, "writer-a", 1, {}, maxima={"1": {"last_ts": 300}, "2": {"last_ts": 42}}
+    )
+    assert store.get_many(collection, ["1", "2"]) == {
+        "1": {"views": 1, "last_ts": 500},
+        "2": {"last_ts": 42},
+    }
+    result = store.apply_increments(
+        collection, "writer-a", 2, {"1": {"views": 1}}, maxima={"1": {"last_ts": 900}}
+    )
+    assert (result.documents, result.written) == (1, 1)
+    # Replayed: the max is not re-applied either (it is part of the same write).
+    replay = store.apply_increments(
+        collection, "writer-a", 2, {"1": {"views": 1}}, maxima={"1": {"last_ts": 1000}}
+    )
+    assert (replay.written, replay.skipped) == (0, 1)
+    assert store.get_many(collection, ["1"]) == {"1": {"views": 2, "last_ts": 900}}
+
+
+def test_a_field_cannot_be_incremented_and_maximised(
+    store: MongoDBOnlineStore, collection: str
+) -> None:
+    with pytest.raises(OnlineStoreError, match=r"\['views'\] are both incremented and maximised"):
+        store.apply_increments(
+            collection, "writer-a", 0, {"1": {"views": 1}}, maxima={"1": {"views": 5}}
+        )
+    assert store.get_many(collection, ["1"]) == {}
+
+
+def test_get_many_with_fields_returns_only_those(
+    store: MongoDBOnlineStore, collection: str
+) -> None:
+    store.apply_increments(collection, "writer-a", 0, {"1": {"views": 3, "smiles": 1}})
+    assert store.get_many(collection, ["1", "2"], ["views", "dislikes"]) == {"1": {"views": 3}}
+    assert store.get_many(collection, ["1"], []) == {"1": {}}
+    with pytest.raises(OnlineStoreError, match=r"invalid online field name 'a\.b'"):
+        store.get_many(collection, ["1"], ["a.b"])

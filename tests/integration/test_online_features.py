@@ -1,0 +1,228 @@
+"""OnlineFeatures against a real FerretDB: events in exactly once, model matrices out."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import pytest
+from pymongo import monitoring
+
+from twotier.config import MongoDBOnlineStoreConfig, Settings
+from twotier.events import Event
+from twotier.features import OnlineFeatures
+from twotier.features.spec import ModelFeatureSpec
+from twotier.infra.service import Service
+from twotier.naming import online_collection
+from twotier.online_store.mongodb import MongoDBOnlineStore
+
+NOW = 1_700_000_100_000
+T0 = 1_700_000_000_000
+
+
+class _Finds(monitoring.CommandListener):
+    """Records the ``find`` commands a client sends (collection, ids asked for)."""
+
+    def __init__(self) -> None:
+        self.finds: list[tuple[str, list[str]]] = []
+
+    def started(self, event: monitoring.CommandStartedEvent) -> None:
+        if event.command_name == "find":
+            self.finds.append((event.command["find"], list(event.command["filter"]["_id"]["$in"])))
+
+    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
+        return None
+
+    def failed(self, event: monitoring.CommandFailedEvent) -> None:
+        return None
+
+
+@pytest.fixture
+def finds() -> _Finds:
+    return _Finds()
+
+
+@pytest.fixture
+def features(settings: Settings, ferretdb: Service, finds: _Finds) -> Iterator[OnlineFeatures]:
+    """OnlineFeatures on a database of its own, so other tests' documents never interfere."""
+    database = f"t_{uuid.uuid4().hex[:10]}"
+    own = settings.model_copy(update={"online_store": MongoDBOnlineStoreConfig(database=database)})
+    store = MongoDBOnlineStore.from_settings(own, event_listeners=[finds])
+    with OnlineFeatures(own, store) as f:
+        f.ensure_indexes("movielens")
+        f.ensure_indexes("memes")
+        yield f
+        store._client.drop_database(database)
+
+
+def _event(project: str, n: int, user: str, item: str, action: str, value: float = 1.0,
+           **context: str) -> Event:  # fmt: skip
+    return Event(
+        event_id=f"{project}-{n}",
+        project=project,
+        user_id=user,
+        item_id=item,
+        action=action,
+        value=value,
+        ts=T0 + n * 1000,
+        context=context,
+    )
+
+
+MOVIELENS_EVENTS = [
+    _event("movielens", 1, "1", "31", "view", 4.0),
+    _event("movielens", 2, "1", "31", "smile", 4.0),
+    _event("movielens", 3, "1", "47", "view", 2.0),
+    _event("movielens", 4, "1", "47", "dislike", 2.0),
+    _event("movielens", 5, "2", "31", "view", 5.0),
+    _event("movielens", 6, "2", "31", "smile", 5.0),
+]
+
+
+def _stats(views: int, smiles: int, dislikes: int, rating_sum: float, last: float) -> list[float]:
+    """One stats block of the movielens ranker, derived by hand (see builtin.py priors)."""
+    recency = (NOW - last) / 1000 if last else 1e9
+    return [
+        views,
+        smiles,
+        dislikes,
+        rating_sum,
+        last,
+        (smiles + 0.3 * 5) / (views + 5),
+        recency,
+        (rating_sum + 3.5 * 5) / (views + 5),
+    ]
+
+
+def test_matrix_equals_the_hand_computed_features(features: OnlineFeatures) -> None:
+    results = features.write("movielens", MOVIELENS_EVENTS, "test-writer", 0)
+    assert {name: r.documents for name, r in results.items()} == {"user_stats": 2, "item_stats": 2}
+
+    x = features.matrix("movielens", "ranker", "1", ["31", "47", "999"], now_ms=NOW)
+    user_1 = _stats(2, 1, 1, 6.0, T0 + 3000)
+    expected = [
+        user_1 + _stats(2, 2, 0, 9.0, T0 + 5000),
+        user_1 + _stats(1, 0, 1, 2.0, T0 + 3000),
+        user_1 + _stats(0, 0, 0, 0.0, 0),  # unknown item: defaults
+    ]
+    assert x.dtype == np.float32
+    assert x.shape == (3, 16)
+    np.testing.assert_allclose(x, np.array(expected, dtype=np.float32), rtol=1e-6)
+
+    unknown_user = features.matrix("movielens", "ranker", "nobody", ["31"], now_ms=NOW)
+    np.testing.assert_allclose(
+        unknown_user,
+        np.array([_stats(0, 0, 0, 0.0, 0) + _stats(2, 2, 0, 9.0, T0 + 5000)], dtype=np.float32),
+        rtol=1e-6,
+    )
+
+
+def test_a_replayed_batch_changes_nothing(features: OnlineFeatures) -> None:
+    features.write("movielens", MOVIELENS_EVENTS, "test-writer", 7)
+    before = features.matrix("movielens", "ranker", "1", ["31", "47"], now_ms=NOW)
+    replay = features.write("movielens", MOVIELENS_EVENTS, "test-writer", 7)
+    assert all(r.written == 0 and r.skipped == r.documents for r in replay.values())
+    np.testing.assert_array_equal(
+        features.matrix("movielens", "ranker", "1", ["31", "47"], now_ms=NOW), before
+    )
+    # The next batch counts again, and an older last-seen time never moves it back.
+    late = [_event("movielens", 0, "1", "31", "view", 1.0)]
+    features.write("movielens", late, "test-writer", 8)
+    after = features.matrix("movielens", "ranker", "1", ["31"], now_ms=NOW)
+    cols = features.spec("movielens", "ranker").columns()
+    assert after[0, cols.index("item_stats.views")] == before[0, cols.index("item_stats.views")] + 1
+    assert after[0, cols.index("item_stats.last_view_ts")] == np.float32(T0 + 5000)
+
+
+def test_memes_request_features_last_by_values_and_pairs(features: OnlineFeatures) -> None:
+    events = [
+        _event("memes", 1, "u1", "m1", "view", content_type="gif"),
+        _event("memes", 2, "u1", "m1", "smile", content_type="gif"),
+        _event("memes", 3, "u1", "m2", "smile", content_type="video"),
+        _event("memes", 4, "u2", "m2", "share", content_type="video"),
+    ]
+    features.write("memes", events, "test-writer", 0)
+    spec = features.spec("memes", "ranker")
+    cols = spec.columns()
+    x = features.matrix("memes", "ranker", "u1", ["m1", "m2", "m3"], {"position": 3}, NOW)
+    assert x.shape == (3, len(cols))
+    assert cols[-1] == "request.position"
+    np.testing.assert_array_equal(x[:, -1], [3, 3, 3])
+    np.testing.assert_array_equal(x[:, cols.index("user_stats.smiles_by_type__gif")], [1, 1, 1])
+    np.testing.assert_array_equal(x[:, cols.index("user_stats.smiles_by_type__video")], [1, 1, 1])
+    np.testing.assert_array_equal(x[:, cols.index("user_stats.smiles_by_type__image")], [0, 0, 0])
+    np.testing.assert_array_equal(x[:, cols.index("item_stats.shares")], [0, 1, 0])
+    np.testing.assert_array_equal(x[:, cols.index("user_item.views")], [1, 0, 0])
+    default = features.matrix("memes", "ranker", "u1", ["m1"], now_ms=NOW)
+    assert default[0, -1] == 0.0  # missing request feature: its default
+
+
+def test_one_round_trip_per_group_with_only_the_needed_ids(
+    features: OnlineFeatures, finds: _Finds
+) -> None:
+    features.write("memes", [_event("memes", 1, "u1", "m1", "view")], "test-writer", 0)
+    candidates = [f"m{i}" for i in range(500)]
+    finds.finds.clear()
+    features.matrix("memes", "ranker", "u1", candidates, now_ms=NOW)
+    by_collection = {name: ids for name, ids in finds.finds}
+    assert len(finds.finds) == 3 == len(by_collection)
+    assert by_collection[online_collection("memes", "user_stats_v1")] == ["u1"]
+    assert by_collection[online_collection("memes", "item_stats_v1")] == candidates
+    assert by_collection[online_collection("memes", "user_item_v1")] == [
+        f"u1|{c}" for c in candidates
+    ]
+
+
+def test_sequential_reads_give_the_same_matrix(
+    settings: Settings, features: OnlineFeatures
+) -> None:
+    features.write("movielens", MOVIELENS_EVENTS, "test-writer", 0)
+    parallel = features.matrix("movielens", "ranker", "1", ["31", "47"], now_ms=NOW)
+    own = features._settings
+    with OnlineFeatures(own, parallel_reads=False) as sequential:
+        np.testing.assert_array_equal(
+            sequential.matrix("movielens", "ranker", "1", ["31", "47"], now_ms=NOW), parallel
+        )
+
+
+def test_matrix_for_a_spec_stored_with_a_model(features: OnlineFeatures) -> None:
+    features.write("movielens", MOVIELENS_EVENTS, "test-writer", 0)
+    stored = ModelFeatureSpec.from_json(features.spec("movielens", "ranker").to_json())
+    np.testing.assert_array_equal(
+        features.matrix_for_spec(stored, "movielens", "1", ["31"], now_ms=NOW),
+        features.matrix("movielens", "ranker", "1", ["31"], now_ms=NOW),
+    )
+    empty = features.matrix("movielens", "ranker", "1", [], now_ms=NOW)
+    assert empty.shape == (0, 16)
+
+
+@pytest.mark.parametrize(
+    ("user", "candidates", "match"),
+    [
+        ("", ["31"], "invalid user id"),
+        ("1", ["31", 47], "invalid candidate id 47"),
+        ("1", ["31", ""], "invalid candidate id ''"),
+    ],
+)
+def test_bad_ids_are_named(
+    features: OnlineFeatures, user: str, candidates: list[Any], match: str
+) -> None:
+    with pytest.raises(ValueError, match=match):
+        features.matrix("movielens", "ranker", user, candidates)
+
+
+def test_events_of_another_project_are_rejected_before_any_write(
+    features: OnlineFeatures,
+) -> None:
+    mixed = [*MOVIELENS_EVENTS, _event("memes", 9, "u1", "m1", "view")]
+    with pytest.raises(ValueError, match="'memes-9' belongs to project 'memes'"):
+        features.write("movielens", mixed, "test-writer", 0)
+    x = features.matrix("movielens", "ranker", "1", ["31"], now_ms=NOW)
+    assert x[0, 0] == 0  # nothing was written
+
+
+def test_unknown_model_is_named(features: OnlineFeatures) -> None:
+    with pytest.raises(KeyError, match="no model 'rankr'"):
+        features.matrix("movielens", "rankr", "1", ["31"])

@@ -1,0 +1,104 @@
+"""Assembling a model's feature matrix from stored documents: layout, broadcast, defaults."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from twotier.features.builtin import builtin_projects
+from twotier.features.online import assemble_matrix, read_ids
+from twotier.features.spec import ModelFeatureSpec
+
+MOVIELENS = builtin_projects()["movielens"]
+MEMES = builtin_projects()["memes"]
+NOW = 1_700_000_000_000
+
+
+def _col(spec: ModelFeatureSpec, name: str) -> int:
+    return spec.columns().index(name)
+
+
+def test_movielens_ranker_layout_broadcast_and_defaults() -> None:
+    spec = MOVIELENS.model_spec("ranker")
+    user = {"views": 10, "smiles": 4, "dislikes": 1, "rating_sum": 38.0, "last_view_ts": NOW - 5000}
+    items = [{"views": 3, "smiles": 3, "rating_sum": 15.0, "last_view_ts": NOW - 60_000}, None]
+    x = assemble_matrix(spec, [[user], items], n_rows=2, now_ms=NOW)
+
+    assert x.dtype == np.float32
+    assert x.shape == (2, len(spec.columns())) == (2, 16)
+    user_row = [10, 4, 1, 38.0, NOW - 5000, (4 + 0.3 * 5) / 15, 5.0, (38 + 3.5 * 5) / 15]
+    item_known = [3, 3, 0, 15.0, NOW - 60_000, (3 + 1.5) / 8, 60.0, (15 + 17.5) / 8]
+    # An unknown item: counters 0, the rate priors, recency default (never viewed).
+    item_unknown = [0, 0, 0, 0.0, 0.0, 0.3, 1e9, 3.5]
+    expected = np.array([user_row + item_known, user_row + item_unknown], dtype=np.float32)
+    np.testing.assert_allclose(x, expected, rtol=1e-6)
+    assert spec.columns()[:2] == ["user_stats.views", "user_stats.smiles"]
+    assert spec.columns()[8] == "item_stats.views"
+
+
+def test_unknown_user_gets_defaults_in_every_row() -> None:
+    spec = MOVIELENS.model_spec("ranker")
+    x = assemble_matrix(spec, [[None], [{"views": 2}, {"views": 7}, None]], n_rows=3, now_ms=NOW)
+    assert x.shape == (3, 16)
+    np.testing.assert_array_equal(x[:, _col(spec, "user_stats.views")], [0, 0, 0])
+    np.testing.assert_allclose(x[:, _col(spec, "user_stats.smile_rate")], [0.3] * 3)
+    np.testing.assert_array_equal(x[:, _col(spec, "item_stats.views")], [2, 7, 0])
+
+
+def test_memes_by_values_pairs_and_request_features_last() -> None:
+    spec = MEMES.model_spec("ranker")
+    cols = spec.columns()
+    assert cols[-1] == "request.position"
+    user = {"smiles_by_type__gif": 3, "smiles_by_type__video": 1}
+    items = [{"shares": 2}, {"comments": 5}]
+    pairs = [{"views": 4, "last_view_ts": NOW - 2000}, None]
+    x = assemble_matrix(spec, [[user], items, pairs], 2, request={"position": 7}, now_ms=NOW)
+    assert x.shape == (2, len(cols))
+    np.testing.assert_array_equal(x[:, cols.index("user_stats.smiles_by_type__gif")], [3, 3])
+    np.testing.assert_array_equal(x[:, cols.index("user_stats.smiles_by_type__image")], [0, 0])
+    np.testing.assert_array_equal(x[:, cols.index("item_stats.shares")], [2, 0])
+    np.testing.assert_array_equal(x[:, cols.index("item_stats.comments")], [0, 5])
+    np.testing.assert_array_equal(x[:, cols.index("user_item.views")], [4, 0])
+    np.testing.assert_allclose(x[:, cols.index("user_item.last_view_ts")], [NOW - 2000, 0])
+    np.testing.assert_array_equal(x[:, -1], [7, 7])
+
+
+def test_missing_request_feature_takes_its_default() -> None:
+    spec = MEMES.model_spec("ranker")
+    x = assemble_matrix(spec, [[None], [None], [None]], 1, now_ms=NOW)
+    assert x[0, -1] == 0.0
+
+
+def test_recency_uses_the_current_time_by_default() -> None:
+    spec = MOVIELENS.model_spec("ranker")
+    import time
+
+    last = time.time() * 1000 - 10_000
+    x = assemble_matrix(spec, [[{"last_view_ts": last}], [None]], 1)
+    assert 9.0 < x[0, _col(spec, "user_stats.since_last_view_s")] < 60.0
+
+
+def test_no_candidates_gives_an_empty_matrix_of_the_right_width() -> None:
+    spec = MOVIELENS.model_spec("ranker")
+    x = assemble_matrix(spec, [[None], []], 0, now_ms=NOW)
+    assert x.shape == (0, 16)
+
+
+def test_unknown_request_feature_is_named() -> None:
+    spec = MEMES.model_spec("ranker")
+    with pytest.raises(ValueError, match=r"no request feature\(s\) \['postion'\].*position"):
+        assemble_matrix(spec, [[None], [None], [None]], 1, request={"postion": 1})
+
+
+def test_wrong_number_of_documents_is_named() -> None:
+    spec = MOVIELENS.model_spec("ranker")
+    with pytest.raises(ValueError, match="'item_stats': got 2 documents for 3 rows"):
+        assemble_matrix(spec, [[None], [None, None]], 3, now_ms=NOW)
+    with pytest.raises(ValueError, match="reads 2 feature groups"):
+        assemble_matrix(spec, [[None]], 1, now_ms=NOW)
+
+
+def test_read_ids_per_entity() -> None:
+    assert read_ids(MEMES.group("user_stats"), "u", ["a", "b"]) == ["u"]
+    assert read_ids(MEMES.group("item_stats"), "u", ["a", "b"]) == ["a", "b"]
+    assert read_ids(MEMES.group("user_item"), "u", ["a", "b"]) == ["u|a", "u|b"]
