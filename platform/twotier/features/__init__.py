@@ -1,8 +1,8 @@
 """Feature groups, model features and the feature store API of twotier.
 
-The spec classes import eagerly; the store-backed API (``OnlineFeatures`` ...) is
-imported on first use, because ``twotier.config`` itself imports this package's specs
-and serving code should not pay for clients it does not use.
+The spec classes import eagerly; the store-backed API (``OnlineFeatures``,
+``historical_features`` ...) is imported on first use, because ``twotier.config`` itself
+imports this package's specs and serving code should not pay for clients it does not use.
 """
 
 from __future__ import annotations
@@ -20,6 +20,12 @@ from twotier.features.spec import (
 )
 
 if TYPE_CHECKING:
+    from twotier.features.offline import (
+        historical_features,
+        materialize_all_snapshots,
+        materialize_snapshots,
+        training_set,
+    )
     from twotier.features.online import OnlineFeatures, assemble_matrix, read_ids
 
 # name -> module of the lazily imported part of the API
@@ -27,6 +33,10 @@ _LAZY: dict[str, str] = {
     "OnlineFeatures": "twotier.features.online",
     "assemble_matrix": "twotier.features.online",
     "read_ids": "twotier.features.online",
+    "historical_features": "twotier.features.offline",
+    "materialize_all_snapshots": "twotier.features.offline",
+    "materialize_snapshots": "twotier.features.offline",
+    "training_set": "twotier.features.offline",
 }
 
 __all__ = [
@@ -40,7 +50,11 @@ __all__ = [
     "aggregate",
     "assemble_matrix",
     "entity_id",
+    "historical_features",
+    "materialize_all_snapshots",
+    "materialize_snapshots",
     "read_ids",
+    "training_set",
 ]
 
 

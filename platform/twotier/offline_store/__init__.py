@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from twotier.config import Settings
 from twotier.offline_store.base import (
     EVENT_COLUMNS,
+    ITEM_COLUMNS,
     OfflineStore,
     OfflineStoreCapabilities,
     OfflineStoreError,
@@ -22,6 +23,7 @@ from twotier.offline_store.base import (
 
 __all__ = [
     "EVENT_COLUMNS",
+    "ITEM_COLUMNS",
     "OfflineStore",
     "OfflineStoreCapabilities",
     "OfflineStoreError",

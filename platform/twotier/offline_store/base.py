@@ -24,6 +24,14 @@ EVENT_COLUMNS: tuple[str, ...] = (
 )
 """The columns of an events frame, in table order (``twotier.events.Event`` without project)."""
 
+ITEM_COLUMNS: tuple[str, ...] = ("item_id", "attributes")
+"""The columns of an items frame: the item id and its attributes.
+
+``attributes`` maps an attribute name to a list of strings (a multi-valued attribute such
+as MovieLens genres is one list; a single value is a one-element list), stored as
+ClickHouse ``Map(String, Array(String))`` so SQL can read ``attributes['genres']``.
+"""
+
 
 class OfflineStoreError(TwotierError):
     """The offline store refused a request, is unreachable, or is held by another process."""
@@ -96,6 +104,55 @@ def check_events_frame(project: str, events: pd.DataFrame) -> pd.DataFrame:
     return frame
 
 
+def check_items_frame(project: str, items: pd.DataFrame) -> pd.DataFrame:
+    """Validate an items frame and return it with exactly ``ITEM_COLUMNS``, normalised.
+
+    Attribute maps get string keys in sorted order and lists of strings as values (a bare
+    string becomes a one-element list), so equal attributes compare equal when stored.
+    When an item appears more than once, its last row wins.
+
+    Raises:
+        OfflineStoreError: A column is missing, an item id is empty, or an attribute
+            value is neither a string nor a list of strings.
+    """
+    missing = [c for c in ITEM_COLUMNS if c not in items.columns]
+    if missing:
+        raise OfflineStoreError(
+            f"items frame for project {project!r} lacks columns {missing}: it needs "
+            f"{list(ITEM_COLUMNS)} (attributes: a dict of name -> list of strings)"
+        )
+    ids = [str(i) for i in items["item_id"].tolist()]
+    if any(not i for i in ids):
+        raise OfflineStoreError(
+            f"items frame for project {project!r} has empty item_id values: every item needs "
+            "the id its events carry"
+        )
+    attributes: list[dict[str, list[str]]] = []
+    for item_id, raw in zip(ids, items["attributes"].tolist(), strict=True):
+        if raw is None:
+            raw = {}
+        if not isinstance(raw, Mapping):
+            raise OfflineStoreError(
+                f"items frame for project {project!r}: item {item_id!r} has attributes "
+                f"{raw!r}; use a dict of name -> list of strings, e.g. {{'genres': ['Drama']}}"
+            )
+        normalised: dict[str, list[str]] = {}
+        for name in sorted(raw, key=str):
+            value = raw[name]
+            if isinstance(value, str):
+                normalised[str(name)] = [value]
+            elif isinstance(value, list | tuple) and all(isinstance(v, str) for v in value):
+                normalised[str(name)] = list(value)
+            else:
+                raise OfflineStoreError(
+                    f"items frame for project {project!r}: item {item_id!r} attribute "
+                    f"{name!r} is {value!r}; use a string or a list of strings"
+                )
+        attributes.append(normalised)
+    frame = pd.DataFrame({"item_id": ids, "attributes": attributes})
+    return frame.drop_duplicates("item_id", keep="last").reset_index(drop=True)
+
+
 class OfflineStore(ABC):
     """Analytical storage of a project's events, read with SQL for training sets.
 
@@ -145,10 +202,22 @@ class OfflineStore(ABC):
 
         Args:
             project: The project, e.g. ``"movielens"``; tables are named by
-                ``naming.offline_table(project, ...)``.
+                ``naming.offline_table(project, ...)``: ``events`` and ``items``.
 
         Raises:
             OfflineStoreError: The project name is invalid or the engine refused.
+        """
+
+    @abstractmethod
+    def has_table(self, project: str, name: str) -> bool:
+        """Whether the project table ``name`` (e.g. ``"events"``) exists.
+
+        Args:
+            project: The project.
+            name: The table, without the project prefix.
+
+        Returns:
+            True if it exists in ``database``.
         """
 
     @abstractmethod
@@ -181,6 +250,52 @@ class OfflineStore(ABC):
 
         Raises:
             OfflineStoreError: The frame is invalid or the engine refused.
+        """
+
+    @abstractmethod
+    def insert_items(self, project: str, items: pd.DataFrame) -> int:
+        """Store item attributes; idempotent: unchanged items are not written again.
+
+        An item whose attributes changed is replaced (the latest insert wins).
+
+        Args:
+            project: The project whose items table receives the rows.
+            items: One row per item with the columns ``ITEM_COLUMNS``: ``item_id`` and
+                ``attributes``, a dict of name -> list of strings (e.g. genres).
+
+        Returns:
+            How many items were new or changed.
+
+        Raises:
+            OfflineStoreError: The frame is invalid or the engine refused.
+        """
+
+    @abstractmethod
+    def read_items(self, project: str, item_ids: Iterable[str] | None = None) -> pd.DataFrame:
+        """The stored items (latest attributes), sorted by ``item_id``.
+
+        Args:
+            project: The project.
+            item_ids: Only these items (unknown ids are left out); None for all.
+
+        Returns:
+            A frame with the columns ``ITEM_COLUMNS`` (empty before ``ensure_tables``).
+        """
+
+    @abstractmethod
+    def insert_frame(self, table: str, frame: pd.DataFrame) -> None:
+        """Append a frame's rows to a table as they are (no validation, no deduplication).
+
+        For scratch tables such as the entity rows of a point-in-time join; project data
+        goes through ``insert_events`` and ``insert_items``.
+
+        Args:
+            table: A qualified table name (``table(project, name)``) whose columns match
+                the frame's by name.
+            frame: The rows.
+
+        Raises:
+            OfflineStoreError: The engine refused the rows.
         """
 
     @abstractmethod

@@ -17,7 +17,7 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -33,11 +33,13 @@ from twotier.config import ClickHouseOfflineStoreConfig, Settings
 from twotier.naming import offline_table
 from twotier.offline_store.base import (
     EVENT_COLUMNS,
+    ITEM_COLUMNS,
     OfflineStore,
     OfflineStoreCapabilities,
     OfflineStoreError,
     OfflineStoreLockTimeout,
     check_events_frame,
+    check_items_frame,
 )
 
 log = logging.getLogger(__name__)
@@ -68,6 +70,19 @@ duplicate; ReplacingMergeTree collapses rows with equal sorting keys on merge, a
 event's sorting key (user, ts, id) is a function of its id, so reads that must be
 exact under concurrent writers use ``FINAL`` (``count_events`` does).
 """
+
+ITEMS_DDL = """
+CREATE TABLE IF NOT EXISTS {table}
+(
+    item_id String,
+    attributes Map(String, Array(String)) COMMENT 'e.g. genres -> [Comedy, Drama]',
+    updated_ms Int64 COMMENT 'when this version was stored (ms); the latest wins'
+)
+ENGINE = ReplacingMergeTree(updated_ms)
+ORDER BY item_id
+COMMENT 'twotier items of one project, one row per item_id (read with FINAL)'
+"""
+"""The items table: attributes per item, replaced as a whole when they change."""
 
 _OPEN_RETRY_S = 0.25
 _ENGINE_BUSY = ("Another server instance", "Cannot lock file")
@@ -319,6 +334,15 @@ class ClickHouseOfflineStore(OfflineStore):
     def ensure_tables(self, project: str) -> None:
         self.command(f"CREATE DATABASE IF NOT EXISTS `{self.database}`")
         self.command(EVENTS_DDL.format(table=self.table(project, "events")))
+        self.command(ITEMS_DDL.format(table=self.table(project, "items")))
+
+    def has_table(self, project: str, name: str) -> bool:
+        exists = self.query_df(
+            "SELECT count() AS n FROM system.tables WHERE database = {db:String} "
+            "AND name = {name:String}",
+            {"db": self.database, "name": offline_table(project, name)},
+        )
+        return int(exists["n"].iloc[0]) > 0
 
     # -- writes --------------------------------------------------------------
 
@@ -349,6 +373,44 @@ class ClickHouseOfflineStore(OfflineStore):
         log.info("offline store %s: %d of %d events were new", target, inserted, len(frame))
         return inserted
 
+    def insert_items(self, project: str, items: pd.DataFrame) -> int:
+        frame = check_items_frame(project, items)
+        if frame.empty:
+            return 0
+        frame["updated_ms"] = time.time_ns() // 1_000_000
+        target = self.table(project, "items")
+        staging = f"`{self.database}`.`{offline_table(project, 'staging')}_{uuid.uuid4().hex}`"
+        changed = f"""
+            SELECT item_id, attributes, updated_ms FROM {staging}
+            WHERE (item_id, attributes) NOT IN (
+                SELECT item_id, attributes FROM {target} FINAL
+                WHERE item_id IN (SELECT item_id FROM {staging})
+            )
+        """
+        self.command(f"CREATE TABLE {staging} AS {target} ENGINE = Memory")
+        try:
+            self._run(lambda: self._client.insert_df(staging, frame), staging)
+            written = int(self.query_df(f"SELECT count() AS n FROM ({changed})")["n"].iloc[0])
+            if written:
+                self.command(f"INSERT INTO {target} (item_id, attributes, updated_ms) {changed}")
+        finally:
+            self.command(f"DROP TABLE IF EXISTS {staging}")
+        log.info("offline store %s: %d of %d items new or changed", target, written, len(frame))
+        return written
+
+    def read_items(self, project: str, item_ids: Iterable[str] | None = None) -> pd.DataFrame:
+        if not self.has_table(project, "items"):
+            return pd.DataFrame({c: pd.Series(dtype=object) for c in ITEM_COLUMNS})
+        sql = f"SELECT item_id, attributes FROM {self.table(project, 'items')} FINAL"
+        parameters: dict[str, Any] = {}
+        if item_ids is not None:
+            sql += " WHERE item_id IN {ids:Array(String)}"
+            parameters["ids"] = [str(i) for i in item_ids]
+        return self.query_df(sql + " ORDER BY item_id", parameters)
+
+    def insert_frame(self, table: str, frame: pd.DataFrame) -> None:
+        self._run(lambda: self._client.insert_df(table, frame), f"INSERT INTO {table}")
+
     def command(self, sql: str, parameters: Mapping[str, Any] | None = None) -> None:
         self._run(lambda: self._client.command(sql, parameters=dict(parameters or {})), sql)
 
@@ -360,12 +422,7 @@ class ClickHouseOfflineStore(OfflineStore):
         return frame
 
     def count_events(self, project: str) -> int:
-        exists = self.query_df(
-            "SELECT count() AS n FROM system.tables WHERE database = {db:String} "
-            "AND name = {name:String}",
-            {"db": self.database, "name": offline_table(project, "events")},
-        )
-        if int(exists["n"].iloc[0]) == 0:
+        if not self.has_table(project, "events"):
             return 0
         counted = self.query_df(f"SELECT count() AS n FROM {self.table(project, 'events')} FINAL")
         return int(counted["n"].iloc[0])
