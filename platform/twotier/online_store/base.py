@@ -7,6 +7,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
+from typing import Any
 
 from twotier.errors import TwotierError
 
@@ -214,4 +215,61 @@ class OnlineStore(ABC):
 
         Raises:
             OnlineStoreError: A field name is invalid or the server refused the query.
+        """
+
+    @abstractmethod
+    def sum_fields(self, collection: str, fields: Sequence[str]) -> tuple[int, dict[str, float]]:
+        """Totals of feature fields over a whole collection (for validation, not serving).
+
+        Args:
+            collection: The collection to scan.
+            fields: The feature fields to add up; a document lacking one adds nothing.
+
+        Returns:
+            How many documents the collection holds, and per field its total.
+
+        Raises:
+            OnlineStoreError: A field name is invalid or the server refused the query.
+        """
+
+    # -- raw values and job state --------------------------------------------
+
+    @abstractmethod
+    def set_fields(self, collection: str, values: Mapping[str, Mapping[str, float]]) -> int:
+        """Set feature fields to absolute values (``$set`` with upsert): an initial import.
+
+        Unlike ``apply_increments`` this is idempotent by value: writing the same values
+        twice leaves the same documents. Fields not named are left as they are, and so
+        are the documents' batch ids, so a streaming writer can go on incrementing.
+
+        Args:
+            collection: The collection to write.
+            values: Per entity id, the value of each field to set.
+
+        Returns:
+            How many documents were matched or created.
+
+        Raises:
+            OnlineStoreError: An id or field name is invalid, or the server refused.
+        """
+
+    @abstractmethod
+    def put_document(self, collection: str, doc_id: str, document: Mapping[str, Any]) -> None:
+        """Store a small bookkeeping document (job state, handoffs), replacing it whole.
+
+        Args:
+            collection: The collection, e.g. ``naming.online_collection(project, "jobs")``.
+            doc_id: The document id.
+            document: JSON-like values; keys without dots or a leading ``$``.
+
+        Raises:
+            OnlineStoreError: The server refused.
+        """
+
+    @abstractmethod
+    def get_document(self, collection: str, doc_id: str) -> dict[str, Any] | None:
+        """A bookkeeping document stored by ``put_document``, without ``_id``; None if absent.
+
+        Raises:
+            OnlineStoreError: The server refused.
         """

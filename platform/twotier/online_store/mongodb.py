@@ -262,3 +262,60 @@ class MongoDBOnlineStore(OnlineStore):
         return {
             str(doc["_id"]): {k: v for k, v in doc.items() if not k.startswith("_")} for doc in docs
         }
+
+    def sum_fields(self, collection: str, fields: Sequence[str]) -> tuple[int, dict[str, float]]:
+        names = [check_field_name(name) for name in fields]
+        totals = dict.fromkeys(names, 0.0)
+        documents = 0
+        try:
+            # A projected scan: FerretDB v1 lacks parts of $group, and this is not a hot path.
+            for doc in self._db[collection].find({}, {name: 1 for name in names} or {"_id": 1}):
+                documents += 1
+                for name in names:
+                    value = doc.get(name)
+                    if isinstance(value, numbers.Real) and not isinstance(value, bool):
+                        totals[name] += float(value)
+        except PyMongoError as exc:
+            raise OnlineStoreError(f"cannot scan {collection!r}: {exc}") from exc
+        return documents, totals
+
+    # -- raw values and job state --------------------------------------------
+
+    def set_fields(self, collection: str, values: Mapping[str, Mapping[str, float]]) -> int:
+        check_increments(values)
+        statements = [
+            {
+                "q": {"_id": entity_id},
+                "u": {
+                    "$set": {k: _number(v) for k, v in fields.items()},
+                    "$setOnInsert": {BATCHES_FIELD: {}},
+                },
+                "upsert": True,
+            }
+            for entity_id, fields in values.items()
+            if fields
+        ]
+        size = self._server.statements_per_command
+        return sum(
+            self._update(collection, chunk, "set_fields") for chunk in _chunks(statements, size)
+        )
+
+    def put_document(self, collection: str, doc_id: str, document: Mapping[str, Any]) -> None:
+        try:
+            self._db[collection].replace_one({"_id": doc_id}, dict(document), upsert=True)
+        except PyMongoError as exc:
+            raise OnlineStoreError(
+                f"cannot store document {doc_id!r} in {collection!r}: {exc}"
+            ) from exc
+
+    def get_document(self, collection: str, doc_id: str) -> dict[str, Any] | None:
+        try:
+            doc = self._db[collection].find_one({"_id": doc_id})
+        except PyMongoError as exc:
+            raise OnlineStoreError(
+                f"cannot read document {doc_id!r} of {collection!r}: {exc}"
+            ) from exc
+        if doc is None:
+            return None
+        doc.pop("_id", None)
+        return dict(doc)
