@@ -32,6 +32,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from twotier.experiments import Experiment
+
 Entity = Literal["user", "item", "user_item"]
 NAME_PATTERN = r"^[a-z][a-z0-9_]{0,62}$"
 """Feature, group and model names: lowercase, no dots (FerretDB field names), no ``$``."""
@@ -229,6 +231,8 @@ class ProjectFeatures(_Spec):
 
     feature_groups: tuple[FeatureGroup, ...] = ()
     models: tuple[ModelFeatures, ...] = ()
+    experiments: tuple[Experiment, ...] = ()
+    """A/B experiments of the project (``twotier.experiments``)."""
 
     @model_validator(mode="after")
     def _references(self) -> ProjectFeatures:
@@ -236,6 +240,9 @@ class ProjectFeatures(_Spec):
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
             raise ValueError(f"feature groups declared twice: {duplicates}")
+        experiments = [e.name for e in self.experiments]
+        if len(set(experiments)) != len(experiments):
+            raise ValueError(f"experiments declared twice: {experiments}")
         for m in self.models:
             unknown = [g for g in m.feature_groups if g not in names]
             if unknown:

@@ -1,0 +1,229 @@
+"""A/B experiments: deterministic assignment shared by training and serving, with history.
+
+A user's group is a pure function of (project, experiment, salt, shuffle generation,
+user id): a 64-bit BLAKE2b hash mapped to [0, 1) and cut by the groups' cumulative shares.
+No state is needed to answer, so every process and every replica agrees.
+
+A **reshuffle** starts a new generation (new cohorts). Each generation's start time is
+recorded in the offline store (``<project>__experiment_shuffles``), so a training set can
+assign each event with the generation that held when the event happened.
+
+Example:
+    >>> exp = Experiment(name="ranker_ab", salt="s1", groups=[
+    ...     ExperimentGroup(name="control", share=0.5, alias="champion"),
+    ...     ExperimentGroup(name="treatment", share=0.5, alias="challenger")])
+    >>> assign("movielens", exp, "42") in {"control", "treatment"}
+    True
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from bisect import bisect_right
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from twotier.offline_store.base import OfflineStore
+
+NAME = r"^[a-z][a-z0-9_]{0,62}$"
+SHUFFLES_TABLE = "experiment_shuffles"
+
+
+class ExperimentGroup(BaseModel):
+    """One arm of an experiment: its traffic share and the model alias it is served."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(pattern=NAME)
+    share: float = Field(gt=0, le=1)
+    alias: str = Field(min_length=1)
+
+
+class Experiment(BaseModel):
+    """An A/B experiment of a project, declared in configuration."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(pattern=NAME)
+    salt: str = Field(min_length=1)
+    shuffle: int = Field(1, ge=1)
+    """The current shuffle generation; raising it reshuffles every user."""
+    groups: tuple[ExperimentGroup, ...] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _shares(self) -> Experiment:
+        names = [g.name for g in self.groups]
+        if len(set(names)) != len(names):
+            raise ValueError(f"experiment {self.name!r}: group names repeat: {names}")
+        total = math.fsum(g.share for g in self.groups)
+        if abs(total - 1.0) > 1e-9:
+            raise ValueError(
+                f"experiment {self.name!r}: group shares add up to {total:g}, they must add up to 1"
+            )
+        return self
+
+    def group(self, name: str) -> ExperimentGroup:
+        for g in self.groups:
+            if g.name == name:
+                return g
+        raise KeyError(f"experiment {self.name!r} has no group {name!r}")
+
+
+def _bucket(project: str, experiment: Experiment, shuffle: int, user_id: str) -> float:
+    key = "\x1f".join((project, experiment.name, experiment.salt, str(shuffle), user_id))
+    digest = hashlib.blake2b(key.encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2.0**64
+
+
+def _cuts(experiment: Experiment) -> list[float]:
+    cuts: list[float] = []
+    running = 0.0
+    for g in experiment.groups[:-1]:
+        running += g.share
+        cuts.append(running)
+    return cuts
+
+
+def assign(project: str, experiment: Experiment, user_id: str, shuffle: int | None = None) -> str:
+    """The group of ``user_id`` in ``experiment`` under a shuffle generation.
+
+    Args:
+        project: The project (part of the hash, so projects never share cohorts).
+        experiment: The experiment.
+        user_id: The user.
+        shuffle: The generation; defaults to the experiment's current ``shuffle``.
+
+    Returns:
+        The group name.
+    """
+    generation = experiment.shuffle if shuffle is None else shuffle
+    index = bisect_right(_cuts(experiment), _bucket(project, experiment, generation, user_id))
+    return experiment.groups[index].name
+
+
+def assign_many(
+    project: str,
+    experiment: Experiment,
+    user_ids: Sequence[str],
+    shuffles: Sequence[int] | int | None = None,
+) -> list[str]:
+    """``assign`` for many users, each under its own generation (or one for all)."""
+    if shuffles is None or isinstance(shuffles, int):
+        return [assign(project, experiment, u, shuffles) for u in user_ids]
+    return [assign(project, experiment, u, s) for u, s in zip(user_ids, shuffles, strict=True)]
+
+
+# -- cohort history in the offline store ----------------------------------------------
+
+
+def _table(store: OfflineStore, project: str) -> str:
+    return store.table(project, SHUFFLES_TABLE)
+
+
+def ensure_history(store: OfflineStore, project: str) -> None:
+    """Create the shuffle history table of ``project`` (and its database) if missing."""
+    store.ensure_tables(project)
+    store.command(
+        f"""
+        CREATE TABLE IF NOT EXISTS {_table(store, project)} (
+            experiment String, shuffle UInt32, started_ts Int64, salt String, groups String
+        ) ENGINE = ReplacingMergeTree ORDER BY (experiment, shuffle)
+        """
+    )
+
+
+def record_shuffle(
+    store: OfflineStore, project: str, experiment: Experiment, started_ts: int
+) -> bool:
+    """Record that ``experiment.shuffle`` started at ``started_ts`` (ms); idempotent.
+
+    Returns:
+        True if the generation was new, False if it was already recorded (the first
+        recorded start time is kept).
+
+    Raises:
+        ValueError: A later generation is already recorded as starting before this one.
+    """
+    ensure_history(store, project)
+    history = shuffle_history(store, project, experiment.name)
+    if experiment.shuffle in set(history["shuffle"].tolist()):
+        return False
+    earlier = history[history["shuffle"] > experiment.shuffle]
+    if not earlier.empty:
+        raise ValueError(
+            f"experiment {experiment.name!r}: generation {experiment.shuffle} is older than "
+            f"recorded generation(s) {sorted(earlier['shuffle'].tolist())}; raise `shuffle`"
+        )
+    groups = json.dumps([g.model_dump() for g in experiment.groups])
+    store.command(
+        f"INSERT INTO {_table(store, project)} VALUES (%(e)s, %(s)s, %(t)s, %(salt)s, %(g)s)",
+        {
+            "e": experiment.name,
+            "s": experiment.shuffle,
+            "t": started_ts,
+            "salt": experiment.salt,
+            "g": groups,
+        },
+    )
+    return True
+
+
+def shuffle_history(store: OfflineStore, project: str, experiment: str) -> pd.DataFrame:
+    """Recorded generations of ``experiment``: columns ``shuffle, started_ts``, by time."""
+    import pandas as pd
+
+    ensure_history(store, project)
+    frame = store.query_df(
+        f"SELECT shuffle, started_ts FROM {_table(store, project)} FINAL "
+        "WHERE experiment = %(e)s ORDER BY started_ts, shuffle",
+        {"e": experiment},
+    )
+    if frame.empty:  # an empty result carries no columns
+        return pd.DataFrame(
+            {"shuffle": pd.Series(dtype="int64"), "started_ts": pd.Series(dtype="int64")}
+        )
+    return frame.astype({"shuffle": "int64", "started_ts": "int64"})
+
+
+def shuffles_at(history: pd.DataFrame, ts: Iterable[int], first: int = 1) -> list[int]:
+    """The generation in force at each time ``ts`` (ms), given ``shuffle_history`` rows.
+
+    Times before the first recorded start get ``first``.
+    """
+    starts = history["started_ts"].to_numpy(dtype=np.int64)
+    gens = history["shuffle"].to_numpy(dtype=np.int64)
+    times = np.fromiter(ts, dtype=np.int64)
+    index = np.searchsorted(starts, times, side="right") - 1
+    return [int(gens[i]) if i >= 0 else first for i in index]
+
+
+def groups_at(
+    store: OfflineStore,
+    project: str,
+    experiment: Experiment,
+    user_ids: Sequence[str],
+    ts: Sequence[int],
+) -> list[str]:
+    """The group each (user, time) was in, under the generation that held at that time."""
+    history = shuffle_history(store, project, experiment.name)
+    return assign_many(project, experiment, user_ids, shuffles_at(history, ts))
+
+
+__all__ = [
+    "Experiment",
+    "ExperimentGroup",
+    "assign",
+    "assign_many",
+    "groups_at",
+    "record_shuffle",
+    "shuffle_history",
+    "shuffles_at",
+]
