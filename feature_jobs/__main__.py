@@ -24,12 +24,29 @@ def main(argv: list[str] | None = None) -> int:
     online.add_argument(
         "--max-offsets-per-trigger", type=int, default=None, help="Kafka records per micro-batch"
     )
+    online.add_argument(
+        "--trigger-seconds", type=float, default=None, help="micro-batch interval (continuous)"
+    )
+    online.add_argument(
+        "--retry-initial-s", type=float, default=1.0, help="first wait after a fault (s)"
+    )
+    online.add_argument("--retry-max-s", type=float, default=30.0, help="longest wait (s)")
+    online.add_argument(
+        "--retry-attempts",
+        type=int,
+        default=None,
+        help="give up after this many faults in a row (default: never; 3 with --available-now)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     logging.getLogger("py4j").setLevel(logging.WARNING)
 
     from twotier.errors import TwotierError
-    from twotier.feature_jobs.online_job import DEFAULT_MAX_OFFSETS_PER_TRIGGER, run_online
+    from twotier.feature_jobs.online_job import (
+        DEFAULT_MAX_OFFSETS_PER_TRIGGER,
+        online_backoff,
+        run_online,
+    )
 
     settings = load_settings(args.config)
     project = args.project or settings.project
@@ -39,6 +56,10 @@ def main(argv: list[str] | None = None) -> int:
             project,
             available_now=args.available_now,
             max_offsets_per_trigger=args.max_offsets_per_trigger or DEFAULT_MAX_OFFSETS_PER_TRIGGER,
+            trigger_seconds=args.trigger_seconds,
+            retry=online_backoff(
+                args.retry_initial_s, args.retry_max_s, args.retry_attempts, args.available_now
+            ),
         )
     except TwotierError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -27,6 +27,64 @@ def stream(
     console.print(f"[green]online feature job finished[/green] for {project}")
 
 
+def jobs(
+    project: ProjectOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the status JSON.")] = False,
+) -> None:
+    """Show what the online feature jobs did last: batch, rows, dead letters, timings, lag."""
+    import json
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from twotier.feature_jobs.status import all_statuses, job_summary, status_path
+
+    settings = state.settings()
+    statuses = all_statuses(settings)
+    if project is not None:
+        statuses = {p: s for p, s in statuses.items() if p == project}
+    if as_json:
+        typer.echo(json.dumps(statuses, indent=1))
+        return
+    if not statuses:
+        where = status_path(settings, project or "<project>")
+        console.print(f"no online job has reported yet ({where}); start one with `twotier stream`")
+        return
+    table = Table(title="online feature jobs")
+    for column in (
+        "project",
+        "state",
+        "batch",
+        "rows",
+        "dead letters",
+        "written",
+        "duration s",
+        "read/agg/write s",
+        "lag",
+        "updated",
+    ):
+        table.add_column(column)
+    for name, s in statuses.items():
+        lag = s.get("lag")
+        table.add_row(
+            name,
+            str(s.get("state", "?")),
+            str(s.get("batch_id", "-")),
+            str(s.get("input_rows", 0)),
+            str(s.get("dead_letters", 0)),
+            str(s.get("written", 0)),
+            f"{s.get('duration_s', 0):.2f}",
+            f"{s.get('read_s', 0):.2f}/{s.get('aggregate_s', 0):.2f}/{s.get('write_s', 0):.2f}",
+            "?" if lag is None else str(lag),
+            str(s.get("updated_at", "-")),
+        )
+    Console().print(table)
+    for s in statuses.values():
+        if s.get("error"):
+            console.print(f"[red]{job_summary(s)}[/red]")
+
+
 def register(app: typer.Typer) -> None:
     """Add the feature-job commands to the ``twotier`` app (entry point ``twotier.cli``)."""
     app.command("stream")(stream)
+    app.command("jobs")(jobs)

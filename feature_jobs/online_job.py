@@ -1,9 +1,20 @@
-"""The online mode: Kafka events → per-user counters in the online store, exactly once.
+"""The online mode: Kafka events → every online feature group of a project, exactly once.
 
-Spark Structured Streaming reads the project's topic; each micro-batch is aggregated
-per user and applied through ``OnlineStore.apply_increments`` with the micro-batch id,
-so a batch that Spark replays after a crash (written, but not yet committed to the
-checkpoint) changes nothing the second time.
+Spark Structured Streaming reads the project's topic. Each micro-batch is parsed,
+enriched with item attributes and aggregated per (feature group, entity) where the
+records are (``feature_jobs.micro_batch``), then applied in ``foreachBatch`` through
+``OnlineStore.apply_increments`` under the query's batch key and the micro-batch id. A
+batch that Spark replays after a crash (written, but not yet committed to the
+checkpoint) is a no-op the second time, so counters are exactly once.
+
+Malformed records go to the project's dead-letter topic and are counted. A missing
+topic, an unreachable Kafka or online store, or a failed micro-batch is logged as one
+error line and retried with bounded exponential backoff (``Backoff``), restarting from
+the checkpoint. After every batch, ``feature_jobs.status`` writes
+``<data_dir>/jobs/<project>/online.json`` and logs the same facts.
+
+Test hook: with ``TWOTIER_FAULT_AFTER_WRITE=<batch id>`` the process SIGKILLs itself right
+after that batch's online write and before Spark commits it (the exactly-once tests).
 """
 
 from __future__ import annotations
@@ -11,7 +22,10 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
+import re
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -19,66 +33,63 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pyspark.sql import Column, DataFrame, SparkSession
-from pyspark.sql import functions as F
-from pyspark.sql.types import (
-    DoubleType,
-    LongType,
-    MapType,
-    StringType,
-    StructField,
-    StructType,
-)
+from pyspark.sql import DataFrame, SparkSession
 
-from twotier.config import Settings
+from twotier.config import ConfigError, Settings
+from twotier.dead_letter import DeadLetters
 from twotier.errors import TwotierError
+from twotier.feature_jobs.backoff import Backoff
+from twotier.feature_jobs.micro_batch import PartitionProcessor, online_groups, process_batch
+from twotier.feature_jobs.status import (
+    KafkaOffsets,
+    lag_of,
+    processed_offsets,
+    read_status,
+    status_line,
+    write_status,
+)
+from twotier.features.spec import FeatureGroup
 from twotier.naming import events_topic, online_collection
-from twotier.online_store import OnlineStore, connect
+from twotier.online_store import OnlineStore, OnlineStoreError, connect
 
 log = logging.getLogger(__name__)
 
 Progress = Callable[[str], None]
 
-USER_COUNTERS = "user_counters"
-"""The feature group (online collection suffix) this job writes."""
-
-COUNTER_FIELDS = ("views", "smiles", "dislikes", "rating_sum")
-"""Fields of a ``user_counters`` document: counts of view/smile/dislike, sum of view values."""
-
 DEFAULT_MAX_OFFSETS_PER_TRIGGER = 50_000
 
-EVENT_SCHEMA = StructType(
-    [
-        StructField("event_id", StringType()),
-        StructField("project", StringType()),
-        StructField("user_id", StringType()),
-        StructField("item_id", StringType()),
-        StructField("action", StringType()),
-        StructField("value", DoubleType()),
-        StructField("ts", LongType()),
-        StructField("context", MapType(StringType(), StringType())),
-    ]
-)
-"""The Spark schema of ``twotier.events.Event`` as JSON on Kafka."""
+FAULT_AFTER_WRITE_ENV = "TWOTIER_FAULT_AFTER_WRITE"
+"""Test-only: the micro-batch id after whose online write the job SIGKILLs itself."""
+
+AVAILABLE_NOW_ATTEMPTS = 3
+"""Failures in a row after which an ``--available-now`` run gives up (continuous: never)."""
 
 
 def _quiet(_: str) -> None:
     return None
 
 
-def _say(progress: Progress, line: str) -> None:
+def _say(progress: Progress, line: str, level: int = logging.INFO) -> None:
     """Log ``line`` and hand it to ``progress``."""
-    log.info(line)
+    log.log(level, line)
     progress(line)
 
 
 class OnlineJobError(TwotierError):
-    """The streaming query failed; the message names the query, the cause and the fix."""
+    """The online job cannot run; the message names the cause and the fix."""
+
+
+class _Retryable(Exception):
+    """A fault the job waits out (missing topic, Kafka or store down, failed batch)."""
 
 
 @dataclass
 class OnlineRunStats:
-    """What one ``run_online`` call processed (summed over its micro-batches)."""
+    """What one ``run_online`` call processed (summed over its micro-batches).
+
+    ``malformed_rows`` counts the dead letters; ``dead_letters`` splits them by reason.
+    ``documents``, ``written`` and ``skipped`` add up every group's ``ApplyResult``.
+    """
 
     batches: int = 0
     input_rows: int = 0
@@ -87,6 +98,34 @@ class OnlineRunStats:
     written: int = 0
     skipped: int = 0
     batch_ids: list[int] = field(default_factory=list)
+    dead_letters: dict[str, int] = field(default_factory=dict)
+    retries: int = 0
+
+
+def online_backoff(
+    initial_s: float = 1.0,
+    max_s: float = 30.0,
+    attempts: int | None = None,
+    available_now: bool = False,
+) -> Backoff:
+    """The online job's retry policy (doubling waits from ``initial_s`` up to ``max_s``).
+
+    Args:
+        initial_s: The first wait.
+        max_s: The longest wait.
+        attempts: Give up after this many faults in a row; ``None`` means never, except
+            available-now (3); ``0`` means never.
+        available_now: The run processes what is in Kafka, then stops.
+
+    Raises:
+        OnlineJobError: The numbers make no policy (the message says which).
+    """
+    if attempts is None and available_now:
+        attempts = AVAILABLE_NOW_ATTEMPTS
+    try:
+        return Backoff(initial_s=initial_s, max_s=max_s, max_attempts=attempts or None)
+    except ValueError as exc:
+        raise OnlineJobError(f"retry options: {exc}") from exc
 
 
 def online_checkpoint(settings: Settings, project: str) -> Path:
@@ -107,71 +146,46 @@ def read_query_id(checkpoint: Path) -> str:
     except (OSError, ValueError, KeyError, IndexError) as exc:
         raise OnlineJobError(
             f"cannot read the query id from {metadata}: {exc}. Fix: delete the checkpoint "
-            f"{checkpoint} only together with the online collection, then rerun"
+            f"{checkpoint} only together with the online collections, then rerun"
         ) from exc
 
 
-def parse_events(raw: DataFrame, project: str) -> DataFrame:
-    """Kafka rows → ``user_id, action, value, ok`` (``ok`` is false for malformed rows).
-
-    A row is malformed when it is not a JSON event, lacks ``user_id``, ``action`` or
-    ``ts``, has a ``value`` that is not a number, or belongs to another project.
-    """
-    text = F.col("value").cast("string")
-    event = F.from_json(text, EVENT_SCHEMA, {"mode": "PERMISSIVE"})
-    parsed = raw.select(text.alias("raw"), event.alias("e"))
-    value_ok = F.col("e.value").isNotNull() | F.get_json_object("raw", "$.value").isNull()
-    ok: Column = (
-        F.col("e").isNotNull()
-        & F.col("e.user_id").isNotNull()
-        & (F.length(F.trim("e.user_id")) > 0)
-        & F.col("e.action").isNotNull()
-        & F.col("e.ts").isNotNull()
-        & value_ok
-        & (F.col("e.project") == F.lit(project))
-    )
-    return parsed.select(
-        F.trim("e.user_id").alias("user_id"),
-        F.trim("e.action").alias("action"),
-        F.coalesce(F.col("e.value"), F.lit(1.0)).alias("value"),
-        F.coalesce(ok, F.lit(False)).alias("ok"),
-    )
-
-
-def user_counters(events: DataFrame) -> DataFrame:
-    """Per user of a micro-batch: counters to add, plus one row (user ``null``) of malformed."""
-    ok = F.col("ok")
-
-    def count_of(action: str) -> Column:
-        return F.sum(F.when(ok & (F.col("action") == action), 1).otherwise(0)).cast("long")
-
-    return events.groupBy(F.when(ok, F.col("user_id")).alias("user_id")).agg(
-        F.count(F.lit(1)).alias("rows"),
-        count_of("view").alias("views"),
-        count_of("smile").alias("smiles"),
-        count_of("dislike").alias("dislikes"),
-        F.sum(F.when(ok & (F.col("action") == "view"), F.col("value")).otherwise(0.0)).alias(
-            "rating_sum"
-        ),
-    )
+def _fault_after_write() -> int | None:
+    value = os.environ.get(FAULT_AFTER_WRITE_ENV)
+    if not value:
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise OnlineJobError(
+            f"{FAULT_AFTER_WRITE_ENV}={value!r} is not a batch id: unset it (test-only hook)"
+        ) from None
 
 
 class _BatchWriter:
-    """The ``foreachBatch`` function: aggregate, apply exactly once, log."""
+    """The ``foreachBatch`` function: aggregate, dead-letter, apply exactly once, report."""
 
     def __init__(
         self,
+        settings: Settings,
+        project: str,
+        groups: list[FeatureGroup],
         store: OnlineStore,
-        collection: str,
         checkpoint: Path,
         stats: OnlineRunStats,
         progress: Progress,
     ) -> None:
+        self.settings = settings
+        self.project = project
+        self.groups = groups
         self.store = store
-        self.collection = collection
         self.checkpoint = checkpoint
         self.stats = stats
         self.progress = progress
+        self.processor = PartitionProcessor(settings, project, groups)
+        self.dead = DeadLetters(settings, project)
+        self.offsets = KafkaOffsets(settings)
+        self.fault_after_write = _fault_after_write()
         self._batch_key: str | None = None
 
     @property
@@ -180,40 +194,113 @@ class _BatchWriter:
             self._batch_key = batch_key_of(read_query_id(self.checkpoint))
         return self._batch_key
 
+    def close(self) -> None:
+        self.offsets.close()
+        with contextlib.suppress(TwotierError):
+            self.dead.close()
+
     def __call__(self, batch: DataFrame, batch_id: int) -> None:
-        started = time.monotonic()
-        rows = user_counters(batch).collect()
-        increments: dict[str, dict[str, Any]] = {}
-        input_rows = malformed = 0
-        for row in rows:
-            input_rows += row["rows"]
-            if row["user_id"] is None:
-                malformed += row["rows"]
+        batch_id = int(batch_id)
+        started = time.perf_counter()
+        result = process_batch(batch, self.processor)
+        computed = time.perf_counter()
+
+        for letter in result.dead_letters:
+            self.dead.dead_letter(
+                letter.error(),
+                letter.raw,
+                letter.topic,
+                letter.partition,
+                letter.offset,
+                letter.ts,
+            )
+        self.dead.flush()
+        groups: dict[str, dict[str, int]] = {}
+        for group in self.groups:
+            updates = result.updates.get(group.key)
+            if not updates:
                 continue
-            counters = {name: row[name] for name in COUNTER_FIELDS if row[name]}
-            if counters:
-                increments[row["user_id"]] = counters
-        result = self.store.apply_increments(
-            self.collection, self.batch_key, int(batch_id), increments
-        )
+            applied = self.store.apply_increments(
+                online_collection(self.project, group.key),
+                self.batch_key,
+                batch_id,
+                updates.increments,
+                updates.maxima,
+            )
+            groups[group.key] = {
+                "documents": applied.documents,
+                "written": applied.written,
+                "skipped": applied.skipped,
+            }
+        written_at = time.perf_counter()
+        if self.fault_after_write == batch_id:
+            print(
+                f"fault injection: SIGKILL after the online write of batch {batch_id}, "
+                "before its checkpoint commit",
+                file=sys.stderr,
+                flush=True,
+            )
+            os.kill(os.getpid(), signal.SIGKILL)
+
+        worker_s = result.lookup_s + result.aggregate_s
+        status: dict[str, Any] = {
+            "project": self.project,
+            "mode": "online",
+            "state": "running",
+            "query_id": self.batch_key,
+            "batch_id": batch_id,
+            "input_rows": result.rows,
+            "events": result.events,
+            "dead_letters": len(result.dead_letters),
+            "dead_letter_reasons": result.dead_letter_counts(),
+            "documents": sum(g["documents"] for g in groups.values()),
+            "written": sum(g["written"] for g in groups.values()),
+            "skipped": sum(g["skipped"] for g in groups.values()),
+            "groups": groups,
+            "items_looked_up": result.items_looked_up,
+            "duration_s": round(written_at - started, 4),
+            "read_s": round(max(0.0, computed - started - worker_s), 4),
+            "aggregate_s": round(worker_s, 4),
+            "write_s": round(written_at - computed, 4),
+            "error": None,
+        }
+        status |= self._lag(batch_id)
+        write_status(self.settings, self.project, status)
+        self._count(batch_id, status)
+        level = logging.WARNING if result.dead_letters else logging.INFO
+        _say(self.progress, status_line(status), level)
+
+    def _lag(self, batch_id: int) -> dict[str, Any]:
+        processed = processed_offsets(self.checkpoint, batch_id)
+        try:
+            end = self.offsets.end_offsets(events_topic(self.project))
+        except Exception as exc:  # lag is best effort: Kafka may be restarting
+            log.debug("no Kafka end offsets for the lag: %s", exc)
+            self.offsets.close()
+            return {"lag": None, "processed_offsets": _keys(processed)}
+        lag = lag_of(end, processed)
+        return {
+            "lag": sum(lag.values()),
+            "lag_by_partition": _keys(lag),
+            "end_offsets": _keys(end),
+            "processed_offsets": _keys(processed),
+        }
+
+    def _count(self, batch_id: int, status: dict[str, Any]) -> None:
         stats = self.stats
         stats.batches += 1
-        stats.batch_ids.append(int(batch_id))
-        stats.input_rows += input_rows
-        stats.malformed_rows += malformed
-        stats.documents += result.documents
-        stats.written += result.written
-        stats.skipped += result.skipped
-        line = (
-            f"online batch {batch_id}: {input_rows} input rows, {malformed} malformed dropped, "
-            f"{result.written} documents written, {result.skipped} already applied, "
-            f"{time.monotonic() - started:.2f} s"
-        )
-        if malformed:
-            log.warning(line)
-        else:
-            log.info(line)
-        self.progress(line)
+        stats.batch_ids.append(batch_id)
+        stats.input_rows += status["input_rows"]
+        stats.malformed_rows += status["dead_letters"]
+        stats.documents += status["documents"]
+        stats.written += status["written"]
+        stats.skipped += status["skipped"]
+        for reason, n in status["dead_letter_reasons"].items():
+            stats.dead_letters[reason] = stats.dead_letters.get(reason, 0) + n
+
+
+def _keys(offsets: dict[int, int]) -> dict[str, int]:
+    return {str(p): o for p, o in sorted(offsets.items())}
 
 
 @contextlib.contextmanager
@@ -238,13 +325,40 @@ def _stop_requests() -> Iterator[threading.Event]:
             signal.signal(sig, handler)
 
 
-def _wait(query: Any) -> bool:
-    """Wait until the query ends (True: a stop was requested by a signal)."""
-    with _stop_requests() as requested:
-        while not requested.is_set():
-            if query.awaitTermination(1):
-                return False
-    return True
+_PY_ERROR = re.compile(r"^\s*(?:[\w.]+\.)?(\w+(?:Error|Exception|Exit)):\s*(.+)$")
+
+
+def failure_summary(exc: BaseException) -> str:
+    """One line for a failed query: the innermost Python error when there is one."""
+    lines = [line for line in str(exc).splitlines() if line.strip()]
+    found = [m for m in (_PY_ERROR.match(line) for line in lines) if m]
+    if found:
+        return f"{found[-1].group(1)}: {found[-1].group(2).strip()}"
+    return (lines[0] if lines else type(exc).__name__)[:500]
+
+
+def starting_offsets(
+    store: OnlineStore, project: str, checkpoint: Path, partitions: set[int]
+) -> str:
+    """Where a query starts: ``earliest``, or after an import's history on a new checkpoint.
+
+    An existing checkpoint always wins (Spark ignores ``startingOffsets`` then). On a new
+    one, the import handoff (``feature_jobs.offsets.read_start_offsets``) gives per
+    partition the first offset the import did not count; partitions it does not name
+    start at the earliest offset.
+    """
+    if (checkpoint / "offsets").is_dir() and any((checkpoint / "offsets").iterdir()):
+        return "earliest"
+    from twotier.feature_jobs.offsets import OffsetsError, read_start_offsets
+
+    try:
+        start = read_start_offsets(store, project)
+    except OffsetsError as exc:
+        raise OnlineJobError(str(exc)) from exc
+    if start is None or start.topic != events_topic(project):
+        return "earliest"
+    offsets = {str(p): start.offsets.get(p, -2) for p in sorted(partitions | set(start.offsets))}
+    return json.dumps({start.topic: offsets})
 
 
 def start_online_query(
@@ -255,27 +369,69 @@ def start_online_query(
     *,
     available_now: bool = False,
     max_offsets_per_trigger: int = DEFAULT_MAX_OFFSETS_PER_TRIGGER,
+    trigger_seconds: float | None = None,
+    start: str = "earliest",
 ) -> Any:
-    """Start the streaming query of ``project`` with ``writer`` as its ``foreachBatch``."""
+    """Start the streaming query of ``project`` with ``writer`` as its ``foreachBatch``.
+
+    Args:
+        spark: The session (the Kafka connector on its classpath).
+        settings: Kafka, the data folder (checkpoint) and ``spark.trigger_seconds``.
+        project: Reads ``naming.events_topic(project)``.
+        writer: Called with each micro-batch of raw Kafka rows and its id.
+        available_now: Process what is in Kafka now, then stop.
+        max_offsets_per_trigger: At most this many Kafka records per micro-batch.
+        trigger_seconds: Micro-batch interval (default ``settings.spark.trigger_seconds``).
+        start: ``startingOffsets`` for a new checkpoint (see ``starting_offsets``).
+    """
     raw = (
         spark.readStream.format("kafka")
         .option("kafka.bootstrap.servers", settings.kafka.bootstrap)
         .option("subscribe", events_topic(project))
-        .option("startingOffsets", "earliest")
+        .option("startingOffsets", start)
         .option("maxOffsetsPerTrigger", str(max_offsets_per_trigger))
+        .option("failOnDataLoss", "true")
         .load()
     )
     stream = (
-        parse_events(raw, project)
-        .writeStream.queryName(f"twotier_online_{project}")
+        raw.writeStream.queryName(f"twotier_online_{project}")
         .option("checkpointLocation", str(online_checkpoint(settings, project)))
         .foreachBatch(writer)
     )
     if available_now:
         stream = stream.trigger(availableNow=True)
     else:
-        stream = stream.trigger(processingTime=f"{settings.spark.trigger_seconds} seconds")
+        seconds = trigger_seconds or settings.spark.trigger_seconds
+        stream = stream.trigger(processingTime=f"{seconds} seconds")
     return stream.start()
+
+
+def _preflight(
+    settings: Settings, project: str, store: OnlineStore, groups: list[FeatureGroup]
+) -> set[int]:
+    """Check the topic exists and the store answers; returns the topic's partitions."""
+    topic = events_topic(project)
+    offsets = KafkaOffsets(settings)
+    try:
+        partitions = offsets.partitions(topic)
+    except Exception as exc:
+        raise _Retryable(
+            f"kafka at {settings.kafka.bootstrap} unreachable ({type(exc).__name__}: {exc}). "
+            "Fix: start the stack (`twotier up`) or set kafka.bootstrap_servers"
+        ) from exc
+    finally:
+        offsets.close()
+    if partitions is None:
+        raise _Retryable(
+            f"kafka topic {topic} does not exist at {settings.kafka.bootstrap}. Fix: produce "
+            f"events (`twotier replay --project {project}` / `twotier generate`) or create it"
+        )
+    try:
+        for group in groups:
+            store.ensure_indexes(online_collection(project, group.key))
+    except OnlineStoreError as exc:
+        raise _Retryable(f"online store at {settings.online_store_uri}: {exc}") from exc
+    return partitions
 
 
 def run_online(
@@ -286,68 +442,156 @@ def run_online(
     *,
     max_offsets_per_trigger: int = DEFAULT_MAX_OFFSETS_PER_TRIGGER,
     spark: SparkSession | None = None,
+    retry: Backoff | None = None,
+    trigger_seconds: float | None = None,
 ) -> OnlineRunStats:
     """Run the online feature job of ``project`` until stopped (or, available-now, done).
 
     Args:
-        settings: Kafka, online store, Spark and the data folder (checkpoints).
-        project: Reads ``twotier.<project>.events``, writes ``<project>__user_counters``.
+        settings: Kafka, online store, Spark, the project's feature groups, the data
+            folder (checkpoints and the status file).
+        project: Reads ``twotier.<project>.events``; writes ``<project>__<group key>`` for
+            every online feature group.
         available_now: Process everything in Kafka now, in micro-batches, then return.
-        progress: Receives one line per micro-batch.
+        progress: Receives one line per micro-batch and per fault.
         max_offsets_per_trigger: At most this many Kafka records per micro-batch.
         spark: A session to use; by default one is started and stopped here.
+        retry: Backoff after a fault (missing topic, Kafka or store down, failed batch);
+            default: 1 s doubling to 30 s, forever, or 3 failures in a row available-now.
+        trigger_seconds: Micro-batch interval (default ``settings.spark.trigger_seconds``).
 
     Returns:
         What this run processed.
 
     Raises:
-        OnlineJobError: The streaming query failed (Kafka unreachable, store error, ...).
+        OnlineJobError: Invalid arguments, an undeclared project, or ``retry`` gave up.
     """
     if max_offsets_per_trigger < 1:
         raise OnlineJobError(
             f"max_offsets_per_trigger is {max_offsets_per_trigger}: use a positive number"
         )
+    if trigger_seconds is not None and trigger_seconds <= 0:
+        raise OnlineJobError(f"trigger_seconds is {trigger_seconds}: use a positive number")
+    try:
+        groups = online_groups(settings, project)
+    except ConfigError as exc:
+        raise OnlineJobError(str(exc)) from exc
+    if not groups:
+        raise OnlineJobError(
+            f"project {project!r} has no online feature group: declare one with `online: true` "
+            "under projects.<name>.feature_groups in twotier.yaml"
+        )
+    retry = retry or online_backoff(available_now=available_now)
     from twotier.feature_jobs.session import spark_session
 
     own_session = spark is None
     session = spark or spark_session(settings, f"twotier-online-{project}")
     checkpoint = online_checkpoint(settings, project)
     checkpoint.mkdir(parents=True, exist_ok=True)
-    collection = online_collection(project, USER_COUNTERS)
     stats = OnlineRunStats()
     store = connect(settings)
+    writer = _BatchWriter(settings, project, groups, store, checkpoint, stats, progress)
+    collections = ", ".join(online_collection(project, g.key) for g in groups)
+    _say(
+        progress,
+        f"online job {project}: {events_topic(project)} → {collections} (checkpoint {checkpoint})",
+    )
+    failures = 0
     try:
-        store.ensure_indexes(collection)
-        writer = _BatchWriter(store, collection, checkpoint, stats, progress)
-        _say(
-            progress,
-            f"online job {project}: {events_topic(project)} → {collection} "
-            f"(checkpoint {checkpoint})",
-        )
-        query = start_online_query(
-            session,
-            settings,
-            project,
-            writer,
-            available_now=available_now,
-            max_offsets_per_trigger=max_offsets_per_trigger,
-        )
-        try:
-            if _wait(query):
-                _say(progress, f"online job {project}: stopping after the current batch")
-                query.stop()
-        except Exception as exc:
-            raise OnlineJobError(
-                f"online job of {project!r} failed: {exc}. Fix the cause and rerun; "
-                f"the checkpoint {checkpoint} resumes it without double counting"
-            ) from exc
+        with _stop_requests() as stop:
+            while not stop.is_set():
+                batches_before = stats.batches
+                try:
+                    partitions = _preflight(settings, project, store, groups)
+                    start = starting_offsets(store, project, checkpoint, partitions)
+                    query = start_online_query(
+                        session,
+                        settings,
+                        project,
+                        writer,
+                        available_now=available_now,
+                        max_offsets_per_trigger=max_offsets_per_trigger,
+                        trigger_seconds=trigger_seconds,
+                        start=start,
+                    )
+                    _wait(query, stop, progress, project)
+                    break
+                except _Retryable as exc:
+                    failures = 1 if stats.batches > batches_before else failures + 1
+                    message = str(exc)
+                except Exception as exc:  # a failed micro-batch ends the query
+                    if not _is_query_failure(exc):
+                        raise
+                    failures = 1 if stats.batches > batches_before else failures + 1
+                    message = f"micro-batch failed: {failure_summary(exc)}"
+                stats.retries += 1
+                if retry.gives_up(failures):
+                    _report_fault(settings, project, message, None, failures)
+                    raise OnlineJobError(
+                        f"online job of {project!r} gave up after {failures} failures in a row: "
+                        f"{message}. The checkpoint {checkpoint} resumes it without double "
+                        "counting once the cause is fixed"
+                    )
+                delay = retry.delay(failures)
+                _report_fault(settings, project, message, delay, failures)
+                _say(
+                    progress,
+                    f"online job {project}: {message}; retrying in {delay:.0f} s "
+                    f"(failure {failures} in a row)",
+                    logging.ERROR,
+                )
+                stop.wait(delay)
     finally:
+        writer.close()
         store.close()
         if own_session:
             session.stop()
+    last = read_status(settings, project) or {"project": project, "mode": "online"}
+    if last.get("state") != "failed":
+        write_status(settings, project, {**last, "state": "stopped"})
     _say(
         progress,
         f"online job {project}: {stats.batches} batches, {stats.input_rows} rows, "
-        f"{stats.malformed_rows} malformed, {stats.written} documents written",
+        f"{stats.malformed_rows} dead letters, {stats.written} documents written",
     )
     return stats
+
+
+def _is_query_failure(exc: Exception) -> bool:
+    """True for Spark's ``StreamingQueryException`` (a failed micro-batch or source)."""
+    from pyspark.errors import StreamingQueryException
+
+    return isinstance(exc, StreamingQueryException)
+
+
+def _report_fault(
+    settings: Settings, project: str, message: str, delay: float | None, failures: int
+) -> None:
+    last = read_status(settings, project) or {"project": project, "mode": "online"}
+    write_status(
+        settings,
+        project,
+        {
+            **last,
+            "state": "retrying" if delay is not None else "failed",
+            "error": message,
+            "retry_in_s": delay,
+            "failures_in_a_row": failures,
+        },
+    )
+
+
+def _wait(query: Any, stop: threading.Event, progress: Progress, project: str) -> None:
+    """Wait until the query ends or a stop is requested (then stop it after its batch).
+
+    Raises:
+        StreamingQueryException: The query failed.
+    """
+    try:
+        while not stop.is_set():
+            if query.awaitTermination(1):
+                return
+        _say(progress, f"online job {project}: stopping after the current batch")
+    finally:
+        if query.isActive:
+            query.stop()
