@@ -86,7 +86,11 @@ def _say(progress: Progress, line: str) -> None:
 
 
 def totals_select(
-    events_table: str, offsets_table: str, group: FeatureGroup, topic: str, ends: Offsets
+    events_table: str,
+    offsets_table: str,
+    group: FeatureGroup,
+    topic: str,
+    ends: Offsets | None,
 ) -> tuple[str, dict[str, Any], list[tuple[str, str]]]:
     """The query of every entity's raw values from the events below ``ends``.
 
@@ -95,7 +99,8 @@ def totals_select(
         offsets_table: The qualified ``event_offsets`` table.
         group: The feature group.
         topic: The topic the offsets refer to.
-        ends: Per partition, only events at a lower offset count.
+        ends: Per partition, only events at a lower offset count; None counts every
+            event of the table (loaded by any means).
 
     Returns:
         The SQL, its parameters, and per stored field ``(field, kind)`` with kind
@@ -132,17 +137,20 @@ def totals_select(
                 kind, value = "sum", f"sumIf(value, {condition})"
             columns.append(f"{value} AS `{name}`, countIf({condition}) AS `_n_{name}`")
             fields.append((name, kind))
-    below = " OR ".join(
-        f"(partition = {int(p)} AND offset < {int(end)})" for p, end in sorted(ends.items())
-    )
-    sql = f"""
-        SELECT {entity_sql(group.entity)} AS entity_id, {", ".join(columns)}
-        FROM {events_table} FINAL
-        WHERE action IN {bind(sorted(set(actions)), "Array(String)")}
+    where = f"action IN {bind(sorted(set(actions)), 'Array(String)')}"
+    if ends is not None:
+        below = " OR ".join(
+            f"(partition = {int(p)} AND offset < {int(end)})" for p, end in sorted(ends.items())
+        )
+        where += f"""
           AND event_id IN (
               SELECT event_id FROM {offsets_table} FINAL
               WHERE topic = {{topic:String}} AND ({below or "0"})
-          )
+          )"""
+    sql = f"""
+        SELECT {entity_sql(group.entity)} AS entity_id, {", ".join(columns)}
+        FROM {events_table} FINAL
+        WHERE {where}
         GROUP BY entity_id
         ORDER BY entity_id
     """
