@@ -1,4 +1,4 @@
-"""``python -m twotier.feature_jobs online --project P [--available-now]``."""
+"""``python -m twotier.feature_jobs {online,offline,import,validate} --project P ...``."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import logging
 import sys
 
 from twotier.config import load_settings
+from twotier.feature_jobs.batch_cli import BATCH_MODES, add_batch_parsers, run_batch_args
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -37,9 +38,12 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="give up after this many faults in a row (default: never; 3 with --available-now)",
     )
+    add_batch_parsers(modes)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     logging.getLogger("py4j").setLevel(logging.WARNING)
+    if args.mode in BATCH_MODES:
+        return run_batch_args(args, load_settings(args.config))
 
     from twotier.errors import TwotierError
     from twotier.feature_jobs.online_job import (

@@ -132,3 +132,23 @@ def test_bad_arguments(settings: Settings) -> None:
         run_validation(settings, "memes", checks=["nope"])
     with pytest.raises(ValidationJobError, match="tolerance"):
         run_validation(settings, "memes", tolerance=-1)
+
+
+def test_cli_prints_json_and_fails_on_errors(settings: Settings, kafka: Service) -> None:
+    import os
+    import subprocess
+    import sys
+
+    settings, project = _project(settings)
+    with open_offline_store(settings) as store:
+        store.ensure_tables(project)
+        store.insert_events(project, events_frame(_events(project, 20)))
+    env = {**os.environ, **settings.to_env()}
+    command = [sys.executable, "-m", "twotier.feature_jobs", "validate", "--project", project]
+    ok = subprocess.run([*command, "--check", "events"], env=env, capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stderr
+    assert {r["name"] for r in json.loads(ok.stdout)} >= {"events_ts_range"}
+    # An unknown project's topic does not exist: topic_recent fails with severity ERROR.
+    bad = subprocess.run([*command, "--check", "topic"], env=env, capture_output=True, text=True)
+    assert bad.returncode == 1
+    assert json.loads(bad.stdout)[0]["passed"] is False
