@@ -34,6 +34,7 @@ _ATTRIBUTE = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,63}$")
 # FerretDB v1 keeps one SQLite connection per filtered update until the command ends
 # (pool of 100), so upserts go in commands of at most this many statements.
 _STATEMENTS_PER_COMMAND = 50
+_READ_CHUNK = 1000
 
 
 class ItemDataError(TwotierError):
@@ -95,8 +96,9 @@ def _client(settings: Settings) -> Any:
 def load_items(settings: Settings, project: str, items: Iterable[Item]) -> int:
     """Upsert item attributes into the project's online ``content`` collection.
 
-    Each item's attributes are ``$set`` on the document ``{_id: item_id}``; loading the
-    same items again changes nothing, and attributes not mentioned are kept.
+    Reads the stored documents first (one query per 1,000 ids), inserts the missing
+    ones in bulk and ``$set``s only the attributes that differ, so loading the same
+    items again writes nothing, and attributes not mentioned are kept.
 
     Args:
         settings: Where the online store is.
@@ -104,26 +106,44 @@ def load_items(settings: Settings, project: str, items: Iterable[Item]) -> int:
         items: The items; a later duplicate id wins; one without attributes writes nothing.
 
     Returns:
-        How many distinct items were written.
+        How many items were inserted or changed.
 
     Raises:
         ItemDataError: The online store is unreachable or refused a write.
     """
     from pymongo import UpdateOne
-    from pymongo.errors import PyMongoError
+    from pymongo.errors import BulkWriteError, PyMongoError
 
     collection_name = online_collection(project, CONTENT_GROUP)
-    latest = {item.item_id: item for item in items}
-    ops = [
-        UpdateOne({"_id": item_id}, {"$set": dict(item.attributes)}, upsert=True)
-        for item_id, item in latest.items()
-        if item.attributes
-    ]
+    latest = {item.item_id: dict(item.attributes) for item in items if item.attributes}
+    ids = list(latest)
     client = _client(settings)
+    written = 0
     try:
         collection = client[settings.online_store.database][collection_name]
-        for start in range(0, len(ops), _STATEMENTS_PER_COMMAND):
-            collection.bulk_write(ops[start : start + _STATEMENTS_PER_COMMAND], ordered=True)
+        for start in range(0, len(ids), _READ_CHUNK):
+            chunk = ids[start : start + _READ_CHUNK]
+            stored = {doc["_id"]: doc for doc in collection.find({"_id": {"$in": chunk}})}
+            new_ids = [i for i in chunk if i not in stored]
+            changed = [
+                UpdateOne({"_id": i}, {"$set": latest[i]}, upsert=True)
+                for i in chunk
+                if i in stored and any(stored[i].get(k) != v for k, v in latest[i].items())
+            ]
+            if new_ids:
+                try:
+                    collection.insert_many([{"_id": i, **latest[i]} for i in new_ids])
+                except BulkWriteError:
+                    # Another loader inserted some of them meanwhile: upsert them all.
+                    changed += [
+                        UpdateOne({"_id": i}, {"$set": latest[i]}, upsert=True) for i in new_ids
+                    ]
+                    new_ids = []
+            for first in range(0, len(changed), _STATEMENTS_PER_COMMAND):
+                collection.bulk_write(
+                    changed[first : first + _STATEMENTS_PER_COMMAND], ordered=True
+                )
+            written += len(new_ids) + len(changed)
     except PyMongoError as exc:
         raise ItemDataError(
             f"cannot load item data into {collection_name!r} at {settings.online_store_uri}: "
@@ -131,7 +151,7 @@ def load_items(settings: Settings, project: str, items: Iterable[Item]) -> int:
         ) from exc
     finally:
         client.close()
-    return len(ops)
+    return written
 
 
 def read_items(settings: Settings, project: str, item_ids: Sequence[str]) -> dict[str, Item]:
