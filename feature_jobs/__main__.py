@@ -42,6 +42,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     logging.getLogger("py4j").setLevel(logging.WARNING)
+    # kafka-python logs every reconnect attempt; the jobs log one line per fault themselves.
+    logging.getLogger("kafka").setLevel(logging.CRITICAL)
     if args.mode in BATCH_MODES:
         return run_batch_args(args, load_settings(args.config))
 

@@ -111,7 +111,7 @@ def lag_of(end: Mapping[int, int], processed: Mapping[int, int]) -> dict[int, in
 
 
 class KafkaOffsets:
-    """End offsets of a topic through one reused kafka-python consumer (no group, no commits)."""
+    """End offsets of a topic through a short-lived kafka-python consumer (no group, no commits)."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -152,9 +152,14 @@ class KafkaOffsets:
         """
         from kafka import TopicPartition
 
-        partitions = self.partitions(topic) or set()
-        consumer = self._connect()
-        ends = consumer.end_offsets([TopicPartition(topic, p) for p in sorted(partitions)])
+        try:
+            partitions = self.partitions(topic) or set()
+            consumer = self._connect()
+            ends = consumer.end_offsets([TopicPartition(topic, p) for p in sorted(partitions)])
+        finally:
+            # No idle connection between batches: it would retry (and log) on its own
+            # while the brokers are away.
+            self.close()
         return {tp.partition: int(offset) for tp, offset in ends.items()}
 
     def close(self) -> None:

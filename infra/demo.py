@@ -91,8 +91,9 @@ def _first_users(dataset: Path, limit: int, n: int) -> list[str]:
 def _user_counters(settings: Settings, project: str, users: list[str]) -> dict[str, dict[str, Any]]:
     from twotier.online_store import connect
 
+    group = settings.project_features(project).group("user_stats")
     with connect(settings) as store:
-        return store.get_many(online_collection(project, "user_counters"), users)
+        return store.get_many(online_collection(project, group.key), users)
 
 
 def _item_features(settings: Settings, project: str, limit: int) -> list[dict[str, Any]]:
