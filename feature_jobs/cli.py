@@ -15,15 +15,34 @@ def stream(
         bool,
         typer.Option("--available-now", help="Process what is in Kafka now, then stop."),
     ] = False,
+    trigger_seconds: Annotated[
+        float | None,
+        typer.Option(help="Micro-batch interval (default: spark.trigger_seconds)."),
+    ] = None,
+    retry_attempts: Annotated[
+        int | None,
+        typer.Option(
+            help="Give up after this many faults in a row (0: never; default: never, "
+            "3 with --available-now)."
+        ),
+    ] = None,
 ) -> None:
     """Run the Spark Structured Streaming job that keeps the online store fresh."""
-    from twotier.feature_jobs.online_job import run_online
+    from twotier.feature_jobs.online_job import online_backoff, run_online
 
     settings = state.settings()
     project = project or settings.project
     mode = "available data" if available_now else "continuous stream (Ctrl-C stops)"
+    retry = online_backoff(attempts=retry_attempts, available_now=available_now)
     with progress_lines(f"online feature job for {project}: {mode}") as show:
-        run_online(settings, project, available_now=available_now, progress=show)
+        run_online(
+            settings,
+            project,
+            available_now=available_now,
+            progress=show,
+            retry=retry,
+            trigger_seconds=trigger_seconds,
+        )
     console.print(f"[green]online feature job finished[/green] for {project}")
 
 
@@ -33,6 +52,8 @@ def jobs(
 ) -> None:
     """Show what the online feature jobs did last: batch, rows, dead letters, timings, lag."""
     import json
+    import sys
+    import time
 
     from rich.console import Console
     from rich.table import Table
@@ -50,22 +71,18 @@ def jobs(
         where = status_path(settings, project or "<project>")
         console.print(f"no online job has reported yet ({where}); start one with `twotier stream`")
         return
+    now_ms = int(time.time() * 1000)
     table = Table(title="online feature jobs")
-    for column in (
-        "project",
-        "state",
-        "batch",
-        "rows",
-        "dead letters",
-        "written",
-        "duration s",
-        "read/agg/write s",
-        "lag",
-        "updated",
-    ):
-        table.add_column(column)
+    for column in ("project", "state", "batch", "rows", "dead letters", "written"):
+        table.add_column(column, no_wrap=True)
+    table.add_column("seconds (read/agg/write)", no_wrap=True)
+    table.add_column("lag", no_wrap=True)
+    table.add_column("age s", no_wrap=True)
     for name, s in statuses.items():
         lag = s.get("lag")
+        timings = (
+            f"{s.get('read_s', 0):.2f}/{s.get('aggregate_s', 0):.2f}/{s.get('write_s', 0):.2f}"
+        )
         table.add_row(
             name,
             str(s.get("state", "?")),
@@ -73,12 +90,11 @@ def jobs(
             str(s.get("input_rows", 0)),
             str(s.get("dead_letters", 0)),
             str(s.get("written", 0)),
-            f"{s.get('duration_s', 0):.2f}",
-            f"{s.get('read_s', 0):.2f}/{s.get('aggregate_s', 0):.2f}/{s.get('write_s', 0):.2f}",
+            f"{s.get('duration_s', 0):.2f} ({timings})",
             "?" if lag is None else str(lag),
-            str(s.get("updated_at", "-")),
+            str(max(0, now_ms - int(s.get("updated_at_ms", now_ms))) // 1000),
         )
-    Console().print(table)
+    Console(width=None if sys.stdout.isatty() else 160).print(table)
     for s in statuses.values():
         if s.get("error"):
             console.print(f"[red]{job_summary(s)}[/red]")

@@ -200,3 +200,26 @@ def test_failure_summary_names_the_innermost_python_error() -> None:
 
 def test_group_updates_of_nothing_is_empty() -> None:
     assert group_updates(GENRES, [], {}) == GroupUpdates()
+
+
+def test_twotier_jobs_prints_the_status_table_and_json(tmp_path: Path) -> None:
+    import typer
+    from typer.testing import CliRunner
+
+    from twotier.feature_jobs.cli import register
+
+    app = typer.Typer()
+    register(app)
+    env = {"TWOTIER_DATA_DIR": str(tmp_path)}
+    runner = CliRunner()
+    empty = runner.invoke(app, ["jobs"], env=env)
+    assert empty.exit_code == 0 and "no online job has reported yet" in empty.output
+    write_status(
+        load_settings(data_dir=tmp_path),
+        "memes",
+        {"project": "memes", "state": "running", "batch_id": 7, "input_rows": 900, "lag": 42},
+    )
+    table = runner.invoke(app, ["jobs"], env=env)
+    assert table.exit_code == 0 and "memes" in table.output and "900" in table.output
+    as_json = runner.invoke(app, ["jobs", "--json", "--project", "memes"], env=env)
+    assert json.loads(as_json.stdout)["memes"]["lag"] == 42
