@@ -30,7 +30,10 @@ class _Finds(monitoring.CommandListener):
 
     def started(self, event: monitoring.CommandStartedEvent) -> None:
         if event.command_name == "find":
-            self.finds.append((event.command["find"], list(event.command["filter"]["_id"]["$in"])))
+            ids = event.command["filter"]["_id"]
+            self.finds.append(
+                (event.command["find"], ids["$in"] if isinstance(ids, dict) else [ids])
+            )
 
     def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
         return None

@@ -245,10 +245,13 @@ class MongoDBOnlineStore(OnlineStore):
         projection = None
         if fields is not None:
             projection = {"_id": 1, **{check_field_name(name): 1 for name in fields}}
+        # One id: plain equality, which FerretDB v1 pushes down to an indexed SQL lookup
+        # (it evaluates $in by scanning the whole collection); same answer on MongoDB.
+        query = {"_id": wanted[0]} if len(wanted) == 1 else {"_id": {"$in": wanted}}
         try:
             # batch_size and limit = len(ids): the whole answer comes in the first reply.
             cursor = self._db[collection].find(
-                {"_id": {"$in": wanted}},
+                query,
                 projection,
                 batch_size=len(wanted),
                 limit=len(wanted),
