@@ -43,7 +43,22 @@ def status(only: OnlyOption = None) -> None:
     """Show each service: running, healthy, pid, endpoint."""
     from twotier.infra.stack import Stack
 
-    _print_status(Stack(state.settings(), only))
+    settings = state.settings()
+    _print_status(Stack(settings, only))
+    _print_jobs(settings)
+
+
+def _print_jobs(settings: object) -> None:
+    """One line per streaming job that has reported (status files under the data folder)."""
+    from twotier.config import Settings
+
+    assert isinstance(settings, Settings)
+    try:
+        from twotier.feature_jobs.status import all_statuses, job_summary
+    except ImportError:  # feature jobs not installed alongside the stack
+        return
+    for job in all_statuses(settings).values():
+        console.print(job_summary(job))
 
 
 def install(only: OnlyOption = None) -> None:
