@@ -1,0 +1,160 @@
+"""Both tiers on MovieLens small in a real embedded chdb: ONNX export, parity, hold-out metrics."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import numpy_helper
+
+from twotier.config import ClickHouseOfflineStoreConfig, Settings
+from twotier.features.offline import materialize_all_snapshots
+from twotier.models.data import read_interactions, temporal_cutoff
+from twotier.models.evaluate import evaluate_two_tiers
+from twotier.models.parity import ParityError
+from twotier.models.tier_one import (
+    TierOneModel,
+    TierOneParams,
+    TierOneSession,
+    check_tier_one_parity,
+    export_tier_one,
+    train_tier_one,
+)
+from twotier.models.tier_two import TierTwoModel, TierTwoSession, train_tier_two
+from twotier.offline_store import OfflineStore, open_offline_store
+from twotier.offline_store.base import events_frame
+from twotier.replay import movielens_events
+
+PROJECT = "movielens"
+K = 100
+
+
+@pytest.fixture(scope="module")
+def local(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    data = tmp_path_factory.mktemp("models-movielens") / "offline"
+    return settings.model_copy(
+        update={"offline_store": ClickHouseOfflineStoreConfig(dsn=f"chdb://{data}")}
+    )
+
+
+@pytest.fixture(scope="module")
+def store(local: Settings, movielens: Path) -> Iterator[OfflineStore]:
+    started = time.perf_counter()
+    with open_offline_store(local) as opened:
+        opened.ensure_tables(PROJECT)
+        frame = events_frame(movielens_events(PROJECT, movielens))
+        assert opened.insert_events(PROJECT, frame) == len(frame)
+        materialize_all_snapshots(opened, local, PROJECT)
+        print(f"\nloaded {len(frame)} events + snapshots in {time.perf_counter() - started:.1f}s")
+        yield opened
+
+
+@pytest.fixture(scope="module")
+def cutoff(store: OfflineStore) -> int:
+    return temporal_cutoff(store, PROJECT, test_fraction=0.2)
+
+
+@pytest.fixture(scope="module")
+def tier_one(store: OfflineStore, cutoff: int) -> TierOneModel:
+    views = read_interactions(store, PROJECT, "view", until_ts=cutoff)
+    assert (views["ts"] < cutoff).all()
+    return train_tier_one(views, TierOneParams(top_k=K))
+
+
+@pytest.fixture(scope="module")
+def tier_one_onnx(tier_one: TierOneModel) -> onnx.ModelProto:
+    return export_tier_one(tier_one)
+
+
+@pytest.fixture(scope="module")
+def tier_two(store: OfflineStore, local: Settings, cutoff: int) -> TierTwoModel:
+    return train_tier_two(store, local, PROJECT, cutoff)
+
+
+def _holdout_users(store: OfflineStore, cutoff: int) -> list[str]:
+    return sorted(set(read_interactions(store, PROJECT, "view", since_ts=cutoff)["user_id"]))
+
+
+def test_tier_one_onnx_returns_the_numpy_top_k(
+    store: OfflineStore, cutoff: int, tier_one: TierOneModel, tier_one_onnx: onnx.ModelProto
+) -> None:
+    users = _holdout_users(store, cutoff)
+    assert any(u in tier_one.user_ids for u in users) and any(
+        u not in tier_one.user_ids for u in users
+    )
+    gap = check_tier_one_parity(tier_one, tier_one_onnx, users)
+    assert gap <= 1e-4
+
+    session = TierOneSession(tier_one_onnx.SerializeToString())
+    assert session.item_ids == tier_one.item_ids and session.top_k == K
+    index = session.user_indices(users)
+    indices, scores = session.run(index)
+    assert indices.shape == scores.shape == (len(users), K) and indices.dtype == np.int64
+    assert (np.diff(scores, axis=1) <= 0).all()  # best first
+    native = tier_one.scores(index)
+    np.testing.assert_allclose(np.take_along_axis(native, indices, axis=1), scores, atol=1e-4)
+    np.testing.assert_allclose(np.sort(native, axis=1)[:, ::-1][:, :K], scores, atol=1e-4)
+
+    # Unknown users (also -1) get the popularity row: the most viewed items first.
+    stranger, wrapped = session.run(np.array([session.fallback_index, -1]), k=5)[0]
+    assert stranger.tolist() == wrapped.tolist()
+    counts = read_interactions(store, PROJECT, "view", until_ts=cutoff)["item_id"].value_counts()
+    top = [session.item_ids[j] for j in stranger]
+    assert {counts[i] for i in top} == set(counts.iloc[:5]) or counts[top[0]] == counts.iloc[0]
+
+    # The k input overrides the default and seen items are skipped.
+    user = tier_one.user_ids[0]
+    full = session.candidates([user], k=20)[user]
+    skipped = session.candidates([user], k=20, exclude={user: set(full[:3])})[user]
+    assert skipped[:17] == full[3:] and len(skipped) == 20
+
+
+def test_a_tampered_tier_one_graph_fails_the_parity_gate(
+    tier_one: TierOneModel, tier_one_onnx: onnx.ModelProto
+) -> None:
+    tampered = onnx.ModelProto()
+    tampered.CopyFrom(tier_one_onnx)
+    for i, tensor in enumerate(tampered.graph.initializer):
+        if tensor.name == "item_factors_t":
+            values = numpy_helper.to_array(tensor).copy()
+            values[:, 0] += 0.01
+            tampered.graph.initializer[i].CopyFrom(numpy_helper.from_array(values, tensor.name))
+    with pytest.raises(ParityError, match="registration refused"):
+        check_tier_one_parity(tier_one, tampered, tier_one.user_ids[:50])
+
+
+def test_tier_two_matches_xgboost_and_beats_chance(tier_two: TierTwoModel) -> None:
+    metrics = tier_two.metrics
+    print(f"\ntier two: {metrics}")
+    assert metrics["parity_max_abs_diff"] <= 1e-4
+    assert metrics["auc"] > 0.6
+    assert metrics["train_rows"] > metrics["test_rows"] > 1000
+    session = TierTwoSession(tier_two.onnx_model)
+    assert session.spec == tier_two.spec and session.n_features == len(tier_two.columns)
+    with pytest.raises(ValueError, match="shape"):
+        session.probabilities(np.zeros((2, 3)))
+
+
+def test_two_tiers_beat_the_popularity_baseline(
+    store: OfflineStore,
+    local: Settings,
+    cutoff: int,
+    tier_one_onnx: onnx.ModelProto,
+    tier_two: TierTwoModel,
+) -> None:
+    started = time.perf_counter()
+    metrics = evaluate_two_tiers(
+        store, local, PROJECT, tier_one_onnx, tier_two.onnx_model, cutoff, k=K
+    )
+    print(f"\nevaluation in {time.perf_counter() - started:.1f}s: {metrics}")
+    assert metrics["eval_users"] > 50 and metrics["eval_known_users"] > 10
+    assert metrics["eval_candidate_rows"] == metrics["eval_users"] * K
+    ndcg_gain = metrics["two_tier_ndcg_at_10"] - metrics["popularity_ndcg_at_10"]
+    recall_gain = metrics[f"two_tier_recall_at_{K}"] - metrics[f"popularity_recall_at_{K}"]
+    assert ndcg_gain > 0 or recall_gain > 0, metrics
+    # Re-ranking a candidate set never changes which items are in it.
+    assert metrics[f"two_tier_recall_at_{K}"] == metrics[f"tier_one_recall_at_{K}"]
