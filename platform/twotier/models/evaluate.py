@@ -57,6 +57,7 @@ def evaluate_two_tiers(
     relevant_action: str = "smile",
     max_users: int | None = None,
     seed: int = 0,
+    fusion_k: float = 60.0,
 ) -> dict[str, float]:
     """NDCG@``ndcg_k`` and Recall@``k`` of the two tiers, tier one alone and popularity.
 
@@ -72,11 +73,17 @@ def evaluate_two_tiers(
         relevant_action: Hold-out events of this action make an item relevant.
         max_users: Evaluate a seeded sample of at most this many hold-out users.
         seed: The sample's seed.
+        fusion_k: The constant of reciprocal-rank fusion (``1 / (fusion_k + rank)``).
+
+    The served order (``two_tier_``) fuses tier one's and tier two's ranks of the candidates
+    (reciprocal-rank fusion): tier two predicts a smile *given* a view, tier one how likely
+    the view is, and either order alone under-uses the other. The pure tier-two order is
+    reported as ``tier_two_order_``.
 
     Returns:
         ``two_tier_ndcg_at_<ndcg_k>``, ``two_tier_recall_at_<k>``, the same with the
-        prefixes ``tier_one_`` and ``popularity_``, ``eval_users``, ``eval_known_users``
-        (users tier one was trained on) and ``eval_candidate_rows``.
+        prefixes ``tier_two_order_``, ``tier_one_`` and ``popularity_``, ``eval_users``,
+        ``eval_known_users`` (users tier one was trained on) and ``eval_candidate_rows``.
 
     Raises:
         EvaluationError: No training views or no hold-out user, or tier two has no spec.
@@ -115,21 +122,30 @@ def evaluate_two_tiers(
     )
     rows["ts"] = np.int64(cutoff_ts)
     reranked: dict[str, list[str]] = {u: [] for u in users}
+    fused: dict[str, list[str]] = {u: [] for u in users}
     if not rows.empty:
         from twotier.features.offline import historical_features
 
         features = historical_features(store, settings, project, two.spec, rows)
         rows["p"] = two.probabilities(features[two.spec.columns()].to_numpy(dtype=np.float32))
-        # Stable sort keeps tier one's order among equal probabilities.
-        rows["rank"] = np.arange(len(rows))
-        ordered = rows.sort_values(["user_id", "p", "rank"], ascending=[True, False, True])
-        for user, items in ordered.groupby("user_id", sort=False)["item_id"]:
-            reranked[str(user)] = list(items)
+        rows["rank_one"] = rows.groupby("user_id", sort=False).cumcount()
+        rows["rank_two"] = (
+            rows.groupby("user_id", sort=False)["p"].rank(ascending=False, method="first") - 1
+        )
+        rows["fused"] = 1.0 / (fusion_k + rows["rank_one"]) + 1.0 / (fusion_k + rows["rank_two"])
+        for target, column in ((reranked, "rank_two"), (fused, "fused")):
+            ascending = column == "rank_two"
+            ordered = rows.sort_values(
+                ["user_id", column, "rank_one"], ascending=[True, ascending, True]
+            )
+            for user, items in ordered.groupby("user_id", sort=False)["item_id"]:
+                target[str(user)] = list(items)
 
     popularity = PopularityBaseline.fit(train["item_id"]).rank(users, k, exclude=seen)
     known: Collection[str] = set(one.user_ids)
     metrics = {
-        **_with_prefix("two_tier", ranking_metrics(reranked, relevant, k, ndcg_k)),
+        **_with_prefix("two_tier", ranking_metrics(fused, relevant, k, ndcg_k)),
+        **_with_prefix("tier_two_order", ranking_metrics(reranked, relevant, k, ndcg_k)),
         **_with_prefix("tier_one", ranking_metrics(candidates, relevant, k, ndcg_k)),
         **_with_prefix("popularity", ranking_metrics(popularity, relevant, k, ndcg_k)),
         "eval_users": float(len(users)),
