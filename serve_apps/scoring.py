@@ -23,7 +23,7 @@ from ray import serve
 from ray.serve import Application
 from ray.serve.handle import DeploymentHandle
 
-from twotier import registry
+import twotier.registry as registry
 from twotier.naming import check_project, model_name
 from twotier.serve_apps.alias_cache import AliasCache, RegistryUnavailable, is_not_found
 from twotier.serve_apps.onnx_model import FeatureMismatch, OnnxModel, features_to_matrix
