@@ -184,6 +184,8 @@ def one_run(args: argparse.Namespace, run: int) -> dict[str, Any]:
                     PROJECT,
                     "--trigger-seconds",
                     str(args.trigger),
+                    "--max-offsets-per-trigger",
+                    str(args.max_offsets),
                 ],
                 env=env,
                 stdout=log,
@@ -199,6 +201,7 @@ def one_run(args: argparse.Namespace, run: int) -> dict[str, Any]:
         poller.start()
         markers.start()
         began = time.time()
+        warmup_processed = _processed(read_status(settings, PROJECT) or {})
         report = generate_memes(
             settings,
             PROJECT,
@@ -224,6 +227,8 @@ def one_run(args: argparse.Namespace, run: int) -> dict[str, Any]:
         markers.join(timeout=90)
         poller.join(timeout=5)
         final = read_status(settings, PROJECT) or {}
+        ended = time.time()
+        waited = {u: time.monotonic() - t for u, t in markers.sent.items() if u not in markers.seen}
     finally:
         if job is not None and job.poll() is None:
             job.send_signal(signal.SIGTERM)
@@ -242,11 +247,16 @@ def one_run(args: argparse.Namespace, run: int) -> dict[str, Any]:
         span = (steady[-1]["updated_at_ms"] - steady[0]["updated_at_ms"]) / 1000
         if span > 0:
             throughput = (_processed(steady[-1]) - _processed(steady[0])) / span
-    busy = [b for b in steady if b.get("duration_s")]
+    busy = [b for b in steady if b.get("duration_s") and b.get("input_rows", 0) >= 100]
     capacity = (
         sum(b["input_rows"] for b in busy) / sum(b["duration_s"] for b in busy) if busy else None
     )
     delays = markers.delays()
+    # Markers never seen waited at least until the end: counting them at that wait gives
+    # lower bounds of the percentiles (the true ones are at least this large).
+    censored = delays + list(waited.values())
+    after_warmup = [b for bid, b in sorted(poller.batches.items()) if b["_seen"] >= began]
+    processed_total = _processed(after_warmup[-1]) - warmup_processed if after_warmup else 0
     breakdown = {
         key: statistics.median(b[key] for b in busy) if busy else None
         for key in ("input_rows", "duration_s", "read_s", "aggregate_s", "write_s")
@@ -276,11 +286,15 @@ def one_run(args: argparse.Namespace, run: int) -> dict[str, Any]:
             }
             for b in steady
         ],
+        "processed_events_total": processed_total,
+        "processed_events_per_s_overall": round(processed_total / (ended - began), 1),
         "markers_sent": len(markers.sent),
         "markers_seen": len(delays),
         "freshness_p50_s": _percentile(delays, 50),
         "freshness_p99_s": _percentile(delays, 99),
         "freshness_max_s": max(delays) if delays else None,
+        "freshness_p50_lower_bound_s": _percentile(censored, 50),
+        "freshness_p99_lower_bound_s": _percentile(censored, 99),
         "drain_s": round(drained_at - produced_end, 2) if drained_at else None,
         "final_lag": final.get("lag"),
     }
@@ -297,14 +311,19 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=6000.0, help="events/s produced")
     parser.add_argument("--duration", type=float, default=40.0, help="seconds of production")
     parser.add_argument("--trigger", type=float, default=1.0, help="online job trigger (s)")
+    parser.add_argument(
+        "--max-offsets", type=int, default=6000, help="Kafka records per micro-batch"
+    )
     parser.add_argument("--marker-every", type=float, default=0.25)
     parser.add_argument("--drain-timeout", type=float, default=120.0)
     parser.add_argument("--port-base", type=int, default=34200)
     parser.add_argument("--data-dir", default="/tmp/twotier-bench-streaming")
     args = parser.parse_args()
     runs = [one_run(args, i) for i in range(args.runs)]
-    processed = _median(runs, "processed_events_per_s")
-    p99 = _median(runs, "freshness_p99_s")
+    steady = _median(runs, "processed_events_per_s")
+    overall = _median(runs, "processed_events_per_s_overall")
+    processed = steady if steady is not None else overall
+    p99 = _median(runs, "freshness_p99_lower_bound_s")
     result = {
         "benchmark": "streaming online job (Kafka → Spark foreachBatch → FerretDB)",
         "project": PROJECT,
@@ -315,7 +334,10 @@ def main() -> None:
             "processed_events_per_s": processed,
             "capacity_events_per_s": _median(runs, "capacity_events_per_s"),
             "freshness_p50_s": _median(runs, "freshness_p50_s"),
-            "freshness_p99_s": p99,
+            "freshness_p99_s": _median(runs, "freshness_p99_s"),
+            "processed_events_per_s_overall": overall,
+            "freshness_p50_lower_bound_s": _median(runs, "freshness_p50_lower_bound_s"),
+            "freshness_p99_lower_bound_s": p99,
             "drain_s": _median(runs, "drain_s"),
         },
         "targets": {
@@ -324,6 +346,10 @@ def main() -> None:
             "events_per_s_met": processed is not None and processed >= TARGET_EVENTS_PER_S,
             "freshness_p99_met": p99 is not None and p99 <= TARGET_P99_S,
         },
+        "how_to_read": "freshness_p*_s cover only the markers that became visible; "
+        "*_lower_bound_s count unseen markers at their wait so far (the targets use these). "
+        "processed_events_per_s is over the steady window's batches; *_overall divides all "
+        "events processed after warm-up by production + drain time.",
         "breakdown_source": "<data_dir>/jobs/memes/online.json per batch "
         "(read_s, aggregate_s, write_s written by the online job)",
         "machine": {
