@@ -188,8 +188,15 @@ class Service(ABC):
     def running(self) -> bool:
         return self.pid() is not None
 
+    port_grace_s: float = 10.0
+    """How long a busy port may take to free up (a process of ours still exiting)."""
+
     def check_ports(self) -> None:
+        """Raise StackError naming the first port that stays busy for ``port_grace_s``."""
+        deadline = time.monotonic() + self.port_grace_s
         for host, port in self.ports:
+            while not port_free(host, port) and time.monotonic() < deadline:
+                time.sleep(0.25)
             if not port_free(host, port):
                 raise StackError(
                     self.name,
