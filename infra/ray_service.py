@@ -293,8 +293,12 @@ class RayService(Service):
             time.sleep(0.2)
         _signal_all([p for p in victims if pid_alive(p)], signal.SIGKILL)
         super().stop()  # the process group, in case anything joined it meanwhile
-        # Whatever started after the first look (a worker being spawned) goes now.
-        _signal_all(self.node_processes(), signal.SIGKILL)
+        # Whatever started after the first look (a worker being spawned) goes now; a
+        # killed process takes a moment to leave the process table, so wait for that too.
+        deadline = time.monotonic() + STOP_GRACE_S
+        while (left := self.node_processes()) and time.monotonic() < deadline:
+            _signal_all(left, signal.SIGKILL)
+            time.sleep(0.2)
 
 
 def _process_table() -> dict[int, tuple[int, int]]:
