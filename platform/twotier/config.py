@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from twotier.features.builtin import builtin_projects
@@ -132,6 +132,38 @@ class SparkConfig(_Section):
     trigger_seconds: int = Field(5, ge=1, le=60)
 
 
+class ServingConfig(_Section):
+    """The Ray Serve application: limits, caches and the admin token."""
+
+    admin_token: SecretStr = SecretStr("twotier-local-admin")
+    """Bearer token of ``POST /v1/admin/models``; set ``TWOTIER_SERVING__ADMIN_TOKEN``
+    to a secret anywhere but a laptop."""
+    max_candidates: int = Field(1000, ge=1)
+    """Candidates one tier-two request may carry; more is refused with 413."""
+    default_k: int = Field(500, ge=1)
+    """Tier-one candidates per request unless the request asks for another K."""
+    feature_cache_ttl_s: float = Field(2.0, ge=0)
+    """How long a replica reuses online features it has read (0 turns the cache off)."""
+    alias_poll_s: float = Field(5.0, gt=0)
+    """How often aliases are re-read from the registry (moves made in the MLflow UI)."""
+    model_memory_budget_bytes: int = Field(2 * 1024**3, ge=1)
+    """Bytes of ONNX models one replica keeps loaded; least recently used beyond it go."""
+
+    def url(self, ray: RayConfig) -> str:
+        """Base URL of the HTTP proxy of the local Ray Serve."""
+        return f"http://{ray.host}:{ray.serve_port}"
+
+
+class PipelinesConfig(_Section):
+    """Dagster pipelines: retraining cadence and promotion."""
+
+    retrain_schedule_running: bool = False
+    """Start the hourly retrain schedule as running (off locally, on in production)."""
+    retrain_cron: str = "0 * * * *"
+    deploy_after_promotion: bool = True
+    """After an alias moves, ask the serving layer to load the new version at once."""
+
+
 ServiceName = Literal["kafka", "ferretdb", "mlflow", "dagster", "ray"]
 ALL_SERVICES: tuple[ServiceName, ...] = ("kafka", "ferretdb", "mlflow", "dagster", "ray")
 
@@ -167,6 +199,8 @@ class Settings(BaseSettings):
     ray: RayConfig = Field(default_factory=RayConfig)
     spark: SparkConfig = Field(default_factory=SparkConfig)
     stack: StackConfig = Field(default_factory=StackConfig)
+    serving: ServingConfig = Field(default_factory=ServingConfig)
+    pipelines: PipelinesConfig = Field(default_factory=PipelinesConfig)
     projects: dict[str, ProjectFeatures] = Field(default_factory=builtin_projects)
     """Feature groups and model features per project; defaults: movielens and memes."""
 
@@ -237,6 +271,13 @@ class Settings(BaseSettings):
         env: dict[str, str] = {}
         dumped = self.model_dump(mode="json")
         dumped["cache_dir"] = str(self.cache)
+        for field in type(self).model_fields:  # secrets dump masked; children need them
+            section = getattr(self, field)
+            if isinstance(section, BaseModel):
+                for sub in type(section).model_fields:
+                    value = getattr(section, sub)
+                    if isinstance(value, SecretStr):
+                        dumped[field][sub] = value.get_secret_value()
         for field, value in dumped.items():
             prefix = f"TWOTIER_{field.upper()}"
             if isinstance(value, dict):
