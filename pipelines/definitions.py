@@ -9,7 +9,7 @@ from __future__ import annotations
 import dagster as dg
 
 from twotier.config import Settings, load_settings
-from twotier.pipelines.assets.skeleton import make_skeleton_assets
+from twotier.pipelines.assets import make_project_assets
 from twotier.pipelines.resources import make_resources
 
 PROJECTS: tuple[str, ...] = ("movielens",)
@@ -18,7 +18,7 @@ PROJECTS: tuple[str, ...] = ("movielens",)
 
 def make_definitions(settings: Settings, projects: tuple[str, ...] = PROJECTS) -> dg.Definitions:
     """The definitions of ``projects`` with resources pointing at ``settings``' stack."""
-    assets = [asset for project in projects for asset in make_skeleton_assets(project)]
+    assets = [asset for project in projects for asset in make_project_assets(project)]
     return dg.Definitions(assets=assets, resources=make_resources(settings))
 
 

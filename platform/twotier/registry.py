@@ -18,7 +18,11 @@ import onnx
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
+from twotier.features.spec import ModelFeatureSpec
+
 FEATURES_TAG = "twotier.feature_names"
+SPEC_ARTIFACT = "model_features.json"
+"""Run artifact holding the ``ModelFeatureSpec`` of a tier-two model (JSON)."""
 ONNX_FILE = "model.onnx"
 
 
@@ -59,6 +63,8 @@ def register_onnx(
     params: dict[str, Any] | None = None,
     metrics: dict[str, float] | None = None,
     alias: str | None = "champion",
+    spec: ModelFeatureSpec | None = None,
+    tags: dict[str, str] | None = None,
 ) -> ModelVersionRef:
     """Log an ONNX model in a new run, register it as a new version and set an alias.
 
@@ -71,6 +77,9 @@ def register_onnx(
         params: Training parameters to log.
         metrics: Evaluation metrics to log.
         alias: Alias to point at the new version, or None to leave aliases alone.
+        spec: The model-features spec serving rebuilds the input layout from; logged
+            as the run artifact ``model_features.json`` (read it with ``load_spec``).
+        tags: Extra model-version tags.
 
     Returns:
         The new version.
@@ -84,10 +93,14 @@ def register_onnx(
         if metrics:
             mlflow.log_metrics(metrics)
         mlflow.log_dict({"feature_names": feature_names}, "feature_spec.json")
+        if spec is not None:
+            mlflow.log_dict(spec.model_dump(mode="json"), SPEC_ARTIFACT)
         info = mlflow.onnx.log_model(onnx_model, name="model", registered_model_name=name)
     c = client(tracking_uri)
     version = str(info.registered_model_version)
     c.set_model_version_tag(name, version, FEATURES_TAG, json.dumps(feature_names))
+    for key, value in (tags or {}).items():
+        c.set_model_version_tag(name, version, key, value)
     if alias:
         c.set_registered_model_alias(name, alias, version)
     return ModelVersionRef(name, version, run.info.run_id, tuple(feature_names))
@@ -147,3 +160,20 @@ def load_onnx_bytes(tracking_uri: str, name: str, version: str | int) -> bytes:
         if not files:
             raise ModelNotFound(f"models:/{name}/{version} holds no .onnx file")
         return files[0].read_bytes()
+
+
+def load_spec(tracking_uri: str, ref: ModelVersionRef) -> ModelFeatureSpec | None:
+    """The model-features spec logged with ``ref``, or None if it was registered without."""
+    if ref.run_id is None:
+        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            path = mlflow.artifacts.download_artifacts(
+                run_id=ref.run_id,
+                artifact_path=SPEC_ARTIFACT,
+                dst_path=tmp,
+                tracking_uri=tracking_uri,
+            )
+        except (MlflowException, OSError):
+            return None
+        return ModelFeatureSpec.model_validate_json(Path(path).read_text())

@@ -1,0 +1,52 @@
+"""The model-features spec travels with a registered version through the real MLflow."""
+
+from __future__ import annotations
+
+import uuid
+
+import onnx
+from onnx import TensorProto, helper
+
+from twotier import registry
+from twotier.config import Settings
+from twotier.features.spec import ModelFeatureSpec
+from twotier.infra.service import Service
+
+
+def _identity() -> onnx.ModelProto:
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 2])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 2])
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g", [x], [y])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_spec_is_logged_with_the_version_and_read_back(
+    mlflow_server: Service, settings: Settings
+) -> None:
+    spec = settings.project_features("movielens").model_spec("ranker")
+    name = f"specs.tier2.m{uuid.uuid4().hex[:6]}"
+    with_spec = registry.register_onnx(
+        _identity(),
+        tracking_uri=mlflow_server.endpoint,
+        name=name,
+        feature_names=spec.columns(),
+        experiment="specs",
+        spec=spec,
+        tags={"twotier.tier": "tier2"},
+        alias=None,
+    )
+    loaded = registry.load_spec(mlflow_server.endpoint, with_spec)
+    assert isinstance(loaded, ModelFeatureSpec)
+    assert loaded == spec and loaded.columns() == spec.columns()
+    version = registry.client(mlflow_server.endpoint).get_model_version(name, with_spec.version)
+    assert version.tags["twotier.tier"] == "tier2"
+
+    without = registry.register_onnx(
+        _identity(),
+        tracking_uri=mlflow_server.endpoint,
+        name=name,
+        feature_names=["a", "b"],
+        experiment="specs",
+        alias=None,
+    )
+    assert registry.load_spec(mlflow_server.endpoint, without) is None
