@@ -13,8 +13,17 @@ from twotier.config import Settings
 from twotier.pipelines.resources.kafka import KafkaResource
 from twotier.pipelines.resources.mlflow import MLflowResource
 from twotier.pipelines.resources.offline_store import OfflineStoreResource
+from twotier.pipelines.resources.online_store import OnlineStoreResource
+from twotier.pipelines.resources.spark import SparkResource
 
-__all__ = ["KafkaResource", "MLflowResource", "OfflineStoreResource", "make_resources"]
+__all__ = [
+    "KafkaResource",
+    "MLflowResource",
+    "OfflineStoreResource",
+    "OnlineStoreResource",
+    "SparkResource",
+    "make_resources",
+]
 
 
 def make_resources(settings: Settings) -> dict[str, Any]:
@@ -23,4 +32,6 @@ def make_resources(settings: Settings) -> dict[str, Any]:
         "kafka": KafkaResource.from_settings(settings),
         "mlflow": MLflowResource.from_settings(settings),
         "offline_store": OfflineStoreResource.from_settings(settings),
+        "online_store": OnlineStoreResource.from_settings(settings),
+        "spark": SparkResource.from_settings(settings),
     }
