@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,10 +37,10 @@ from twotier.features.spec import CounterFeature, FeatureGroup, LastSeenFeature
 from twotier.naming import events_topic, online_collection
 from twotier.offline_store import OfflineStore, open_offline_store
 from twotier.online_store import connect
+from twotier.progress import Progress, quiet
 
 log = logging.getLogger(__name__)
 
-Progress = Callable[[str], None]
 
 WRITE_CHUNK = 5_000
 """Documents per ``set_fields`` call."""
@@ -74,10 +74,6 @@ class ImportResult:
             "documents": self.documents,
             "seconds": round(self.seconds, 3),
         }
-
-
-def _quiet(_: str) -> None:
-    return None
 
 
 def _say(progress: Progress, line: str) -> None:
@@ -201,7 +197,7 @@ def run_import(
     settings: Settings,
     project: str,
     group_names: Sequence[str] | None = None,
-    progress: Progress = _quiet,
+    progress: Progress = quiet,
 ) -> ImportResult:
     """Import online feature groups of ``project`` from the offline store's history.
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,10 +42,10 @@ from twotier.feature_jobs.offsets import (
 from twotier.features.offline import materialize_all_snapshots
 from twotier.naming import events_topic
 from twotier.offline_store import EVENT_COLUMNS, open_offline_store
+from twotier.progress import Progress, quiet
 
 log = logging.getLogger(__name__)
 
-Progress = Callable[[str], None]
 
 DEFAULT_CHUNK_ROWS = 20_000
 """Parsed records per insert into the offline store."""
@@ -95,10 +95,6 @@ class OfflineRunStats:
             "snapshots": self.snapshots,
             "seconds": round(self.seconds, 3),
         }
-
-
-def _quiet(_: str) -> None:
-    return None
 
 
 def _say(progress: Progress, line: str) -> None:
@@ -208,7 +204,7 @@ def run_offline(
     project: str,
     start_offsets: Offsets | None = None,
     end_offsets: Offsets | None = None,
-    progress: Progress = _quiet,
+    progress: Progress = quiet,
     *,
     spark: SparkSession | None = None,
     chunk_rows: int = DEFAULT_CHUNK_ROWS,

@@ -117,29 +117,18 @@ def topic_offsets(settings: Settings, topic: str) -> tuple[Offsets, Offsets]:
         OffsetsError: The topic does not exist.
         TwotierError: Kafka is unreachable.
     """
-    from kafka import KafkaConsumer, TopicPartition
     from kafka.errors import KafkaError
 
-    from twotier.kafka_clients import kafka_error
+    from twotier.kafka_clients import kafka_error, make_consumer, topic_partitions
 
+    consumer = make_consumer(settings, "twotier-offsets")
     try:
-        consumer = KafkaConsumer(
-            bootstrap_servers=settings.kafka.bootstrap,
-            client_id="twotier-offsets",
-            group_id=None,
-            enable_auto_commit=False,
-            bootstrap_timeout_ms=10_000,
-        )
-    except (KafkaError, OSError) as exc:
-        raise kafka_error(settings, exc) from exc
-    try:
-        partitions = consumer.partitions_for_topic(topic)
-        if not partitions:
+        tps = topic_partitions(consumer, topic)
+        if not tps:
             raise OffsetsError(
                 f"kafka topic {topic!r} does not exist at {settings.kafka.bootstrap}: produce "
                 "events first (`twotier replay` / `twotier generate`) or check --project"
             )
-        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
         begin = {tp.partition: int(o) for tp, o in consumer.beginning_offsets(tps).items()}
         end = {tp.partition: int(o) for tp, o in consumer.end_offsets(tps).items()}
     except KafkaError as exc:

@@ -51,10 +51,10 @@ from twotier.feature_jobs.status import (
 from twotier.features.spec import FeatureGroup
 from twotier.naming import events_topic, online_collection
 from twotier.online_store import OnlineStore, OnlineStoreError, connect
+from twotier.progress import Progress, quiet
 
 log = logging.getLogger(__name__)
 
-Progress = Callable[[str], None]
 
 DEFAULT_MAX_OFFSETS_PER_TRIGGER = 50_000
 
@@ -63,10 +63,6 @@ FAULT_AFTER_WRITE_ENV = "TWOTIER_FAULT_AFTER_WRITE"
 
 AVAILABLE_NOW_ATTEMPTS = 3
 """Failures in a row after which an ``--available-now`` run gives up (continuous: never)."""
-
-
-def _quiet(_: str) -> None:
-    return None
 
 
 def _say(progress: Progress, line: str, level: int = logging.INFO) -> None:
@@ -438,7 +434,7 @@ def run_online(
     settings: Settings,
     project: str,
     available_now: bool = False,
-    progress: Progress = _quiet,
+    progress: Progress = quiet,
     *,
     max_offsets_per_trigger: int = DEFAULT_MAX_OFFSETS_PER_TRIGGER,
     spark: SparkSession | None = None,

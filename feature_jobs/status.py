@@ -119,13 +119,11 @@ class KafkaOffsets:
 
     def _connect(self) -> Any:
         if self._consumer is None:
-            from kafka import KafkaConsumer
+            from twotier.kafka_clients import make_consumer
 
-            self._consumer = KafkaConsumer(
-                bootstrap_servers=self.settings.kafka.bootstrap,
-                client_id="twotier-online-lag",
-                group_id=None,
-                enable_auto_commit=False,
+            self._consumer = make_consumer(
+                self.settings,
+                "twotier-online-lag",
                 allow_auto_create_topics=False,
                 bootstrap_timeout_ms=5_000,
                 request_timeout_ms=5_000,

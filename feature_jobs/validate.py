@@ -83,26 +83,16 @@ def check_topic_recent(
     settings: Settings, project: str, minutes: float, now_ms: int | None = None
 ) -> CheckResult:
     """The topic holds at least one record with a Kafka timestamp in the last ``minutes``."""
-    from kafka import KafkaConsumer, TopicPartition
     from kafka.errors import KafkaError
 
-    from twotier.kafka_clients import kafka_error
+    from twotier.kafka_clients import kafka_error, make_consumer, topic_partitions
 
     name, topic = "topic_recent", events_topic(project)
     since = (now_ms if now_ms is not None else time.time_ns() // 1_000_000) - int(minutes * 60_000)
+    consumer = make_consumer(settings, "twotier-validate")
     try:
-        consumer = KafkaConsumer(
-            bootstrap_servers=settings.kafka.bootstrap,
-            client_id="twotier-validate",
-            group_id=None,
-            enable_auto_commit=False,
-            bootstrap_timeout_ms=10_000,
-        )
-    except (KafkaError, OSError) as exc:
-        raise kafka_error(settings, exc) from exc
-    try:
-        partitions = consumer.partitions_for_topic(topic)
-        if not partitions:
+        tps = topic_partitions(consumer, topic)
+        if not tps:
             return CheckResult(
                 name=name,
                 passed=False,
@@ -111,7 +101,6 @@ def check_topic_recent(
                 threshold=1,
                 message=f"topic {topic} does not exist: no events were ever produced",
             )
-        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
         found = consumer.offsets_for_times(dict.fromkeys(tps, since))
         end = consumer.end_offsets(tps)
     except KafkaError as exc:
@@ -234,13 +223,10 @@ def check_events(
         "WHERE event_id = '' OR user_id = '' OR item_id = '' OR action = ''",
     )
     results.append(
-        CheckResult(
-            name="events_ids_not_empty",
-            passed=empty_ids == 0,
-            severity="ERROR",
-            value=float(empty_ids),
-            threshold=0,
-            message=f"{empty_ids} of {total} events lack an event, user or item id or action"
+        _none_bad(
+            "events_ids_not_empty",
+            empty_ids,
+            f"{empty_ids} of {total} events lack an event, user or item id or action"
             + ("" if empty_ids == 0 else "; fix the producer and reload"),
         )
     )
@@ -252,13 +238,10 @@ def check_events(
         {"lo": MIN_TS_MS, "hi": hi},
     )
     results.append(
-        CheckResult(
-            name="events_ts_range",
-            passed=bad_ts == 0,
-            severity="ERROR",
-            value=float(bad_ts),
-            threshold=0,
-            message=f"{bad_ts} of {total} events have ts outside [1990-01-01, now + 1 day] "
+        _none_bad(
+            "events_ts_range",
+            bad_ts,
+            f"{bad_ts} of {total} events have ts outside [1990-01-01, now + 1 day] "
             "(ts is milliseconds since the epoch"
             + (")" if bad_ts == 0 else "; seconds by mistake?)"),
         )
@@ -272,14 +255,12 @@ def check_events(
     n_unknown = 0 if unknown.empty else int(unknown["n"].sum())
     listed = [] if unknown.empty else [str(a) for a in unknown["action"].head(5)]
     results.append(
-        CheckResult(
-            name="events_known_actions",
-            passed=n_unknown == 0,
-            severity="WARN",
-            value=float(n_unknown),
-            threshold=0,
-            message=f"{n_unknown} of {total} events have actions outside {sorted(known_actions)}"
+        _none_bad(
+            "events_known_actions",
+            n_unknown,
+            f"{n_unknown} of {total} events have actions outside {sorted(known_actions)}"
             + (f": {listed}" if listed else ""),
+            severity="WARN",
         )
     )
 
@@ -291,16 +272,25 @@ def check_events(
         {"lo": float(lo), "hi": float(hi_value)},
     )
     results.append(
-        CheckResult(
-            name="events_value_range",
-            passed=bad_values == 0,
-            severity="ERROR",
-            value=float(bad_values),
-            threshold=0,
-            message=f"{bad_values} of {total} events have a value outside [{lo:g}, {hi_value:g}]",
+        _none_bad(
+            "events_value_range",
+            bad_values,
+            f"{bad_values} of {total} events have a value outside [{lo:g}, {hi_value:g}]",
         )
     )
     return results
+
+
+def _none_bad(name: str, bad: int, message: str, severity: Severity = "ERROR") -> CheckResult:
+    """A check that passes when no row is bad (``bad`` rows counted by the caller)."""
+    return CheckResult(
+        name=name,
+        passed=bad == 0,
+        severity=severity,
+        value=float(bad),
+        threshold=0,
+        message=message,
+    )
 
 
 # -- all together ----------------------------------------------------------------------

@@ -21,7 +21,8 @@ from pathlib import Path
 import httpx
 import yaml
 
-from twotier.infra.service import Progress, Service, _quiet
+from twotier.infra.service import Service
+from twotier.progress import Progress, quiet
 
 CODE_LOCATION_MODULE = "twotier.pipelines.definitions"
 MAX_CONCURRENT_RUNS = 2
@@ -58,7 +59,7 @@ class DagsterService(Service):
     def home(self) -> Path:
         return self.settings.dagster_home
 
-    def install(self, progress: Progress = _quiet) -> None:
+    def install(self, progress: Progress = quiet) -> None:
         """Nothing to download: ``dagster`` and ``dagster-webserver`` are dependencies."""
         return None
 
@@ -88,7 +89,7 @@ class DagsterService(Service):
             },
         }
 
-    def prepare(self, progress: Progress = _quiet) -> None:
+    def prepare(self, progress: Progress = quiet) -> None:
         self.home.mkdir(parents=True, exist_ok=True)
         (self.home / "dagster.yaml").write_text(
             "# Written by twotier at every start of the dagster service; edits are lost.\n"

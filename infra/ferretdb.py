@@ -17,7 +17,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from twotier.infra.service import Progress, Service, StackError, _quiet
+from twotier.infra.service import Service, StackError
+from twotier.progress import Progress, quiet
 
 MODULE = "github.com/FerretDB/FerretDB"
 
@@ -48,7 +49,7 @@ class FerretDBService(Service):
 
     # -- install -------------------------------------------------------------
 
-    def install(self, progress: Progress = _quiet) -> None:
+    def install(self, progress: Progress = quiet) -> None:
         """Build the FerretDB binary from the Go module proxy; a no-op when it exists.
 
         Raises:

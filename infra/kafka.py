@@ -16,7 +16,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from twotier.infra.maven import fetch_jars
-from twotier.infra.service import Progress, Service, StackError, _quiet
+from twotier.infra.service import Service, StackError
+from twotier.progress import Progress, quiet
 
 LOG4J_VERSION = "2.24.3"
 """The log4j2 release Kafka 4.x is built against; its slf4j 1.x binding is not transitive."""
@@ -81,7 +82,7 @@ class KafkaService(Service):
 
     # -- install / prepare ---------------------------------------------------
 
-    def install(self, progress: Progress = _quiet) -> None:
+    def install(self, progress: Progress = quiet) -> None:
         """Fetch ``kafka_2.13:<version>``, its runtime deps and the log4j2 slf4j binding (cached).
 
         Raises:
@@ -131,7 +132,7 @@ class KafkaService(Service):
         body = "\n".join(f"{key}={value}" for key, value in lines.items())
         return f"# Written by twotier on every start; edit twotier.yaml instead.\n{body}\n"
 
-    def prepare(self, progress: Progress = _quiet) -> None:
+    def prepare(self, progress: Progress = quiet) -> None:
         """Write ``server.properties``; on first start format the KRaft storage.
 
         Raises:

@@ -8,7 +8,8 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from twotier.infra.service import Progress, StackError, _quiet
+from twotier.infra.service import StackError
+from twotier.progress import Progress, quiet
 
 _POM = """<project xmlns="http://maven.apache.org/POM/4.0.0">
   <modelVersion>4.0.0</modelVersion>
@@ -33,7 +34,7 @@ def fetch_jars(
     dest: Path,
     *,
     transitive: bool = True,
-    progress: Progress = _quiet,
+    progress: Progress = quiet,
 ) -> list[Path]:
     """Copy ``group:artifact:version`` jars (and their runtime deps) into ``dest``.
 

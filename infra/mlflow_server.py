@@ -15,7 +15,8 @@ from collections.abc import Sequence
 
 import httpx
 
-from twotier.infra.service import Progress, Service, _quiet
+from twotier.infra.service import Service
+from twotier.progress import Progress, quiet
 
 # Host headers and CORS origins the security middleware of MLflow 3.x lets through.
 _LOCAL_HOSTS = ("127.0.0.1", "localhost")
@@ -42,11 +43,11 @@ class MLflowService(Service):
     def artifacts_destination(self) -> str:
         return str(self.data_dir / "artifacts")
 
-    def install(self, progress: Progress = _quiet) -> None:
+    def install(self, progress: Progress = quiet) -> None:
         """Nothing to download: the ``mlflow`` package is a dependency of twotier."""
         return None
 
-    def prepare(self, progress: Progress = _quiet) -> None:
+    def prepare(self, progress: Progress = quiet) -> None:
         (self.data_dir / "artifacts").mkdir(parents=True, exist_ok=True)
 
     def command(self) -> list[str]:

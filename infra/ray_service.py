@@ -31,7 +31,8 @@ from typing import Any
 import httpx
 
 from twotier.config import Settings
-from twotier.infra.service import Progress, Service, StackError, _quiet, pid_alive, port_open
+from twotier.infra.service import Service, StackError, pid_alive, port_open
+from twotier.progress import Progress, quiet
 
 LOOPBACK_ENV: dict[str, str] = {
     # Keep node addresses on 127.0.0.1 instead of the machine's outward address.
@@ -141,11 +142,11 @@ class RayService(Service):
 
     # -- lifecycle hooks -----------------------------------------------------
 
-    def install(self, progress: Progress = _quiet) -> None:
+    def install(self, progress: Progress = quiet) -> None:
         """Nothing to download: ``ray[serve]`` is a dependency of twotier."""
         return None
 
-    def prepare(self, progress: Progress = _quiet) -> None:
+    def prepare(self, progress: Progress = quiet) -> None:
         """Create the temp folder; keep only the newest earlier session's logs there."""
         self.temp_dir.mkdir(parents=True, exist_ok=True)
         sessions = sorted(self.temp_dir.glob("session_2*"), key=lambda p: p.stat().st_mtime)
@@ -201,7 +202,7 @@ class RayService(Service):
         """The GCS is up and the Serve HTTP proxy answers its health route."""
         return self.head_ready() and self.serve_healthy()
 
-    def wait_healthy(self, progress: Progress = _quiet) -> None:
+    def wait_healthy(self, progress: Progress = quiet) -> None:
         """Wait for the head, start Serve on it if needed, then wait for the proxy."""
         deadline = time.monotonic() + self.settings.stack.start_timeout_s
         self._wait_until(self.head_ready, deadline, "the GCS did not open its port")

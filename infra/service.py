@@ -14,19 +14,15 @@ import socket
 import subprocess
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from twotier.config import Settings
 from twotier.errors import TwotierError
+from twotier.progress import Progress, quiet
 
-Progress = Callable[[str], None]
 """Receives one short line of progress (download, build, start)."""
-
-
-def _quiet(_: str) -> None:
-    return None
 
 
 class StackError(TwotierError):
@@ -153,7 +149,7 @@ class Service(ABC):
         """Where a person or client reaches the service (URL or host:port)."""
 
     @abstractmethod
-    def install(self, progress: Progress = _quiet) -> None:
+    def install(self, progress: Progress = quiet) -> None:
         """Download or build what the service needs into the cache; a no-op when cached."""
 
     @abstractmethod
@@ -168,7 +164,7 @@ class Service(ABC):
         """Environment of the service process."""
         return dict(os.environ)
 
-    def prepare(self, progress: Progress = _quiet) -> None:
+    def prepare(self, progress: Progress = quiet) -> None:
         """First-start work after install (formatting storage, writing config)."""
         return None
 
@@ -205,7 +201,7 @@ class Service(ABC):
                     f"in twotier.yaml / TWOTIER_{self.name.upper()}__PORT",
                 )
 
-    def start(self, progress: Progress = _quiet) -> None:
+    def start(self, progress: Progress = quiet) -> None:
         """Start the service if it is not running, and wait until it is healthy.
 
         Raises:
@@ -250,7 +246,7 @@ class Service(ABC):
             self.stop()
             raise
 
-    def wait_healthy(self, progress: Progress = _quiet) -> None:
+    def wait_healthy(self, progress: Progress = quiet) -> None:
         deadline = time.monotonic() + self.settings.stack.start_timeout_s
         while time.monotonic() < deadline:
             pid = self.pid()

@@ -17,7 +17,8 @@ from filelock import FileLock
 
 from twotier.config import Settings
 from twotier.infra.maven import fetch_jars
-from twotier.infra.service import Progress, StackError, _quiet
+from twotier.infra.service import StackError
+from twotier.progress import Progress, quiet
 
 _COMPONENT = "spark"
 _VERSIONED_JAR = re.compile(
@@ -91,7 +92,7 @@ def connector_coordinates(settings: Settings) -> list[str]:
     return [f"org.apache.spark:spark-sql-kafka-0-10_{scala}:{version}"]
 
 
-def ensure_spark_jars(settings: Settings, progress: Progress = _quiet) -> list[Path]:
+def ensure_spark_jars(settings: Settings, progress: Progress = quiet) -> list[Path]:
     """Fetch the Kafka connector and its missing runtime dependencies; cached.
 
     The connector is resolved transitively with Maven, then every jar whose artifact

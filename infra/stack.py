@@ -5,7 +5,8 @@ from __future__ import annotations
 import importlib
 
 from twotier.config import Settings
-from twotier.infra.service import Progress, Service, ServiceStatus, StackError, _quiet
+from twotier.infra.service import Service, ServiceStatus, StackError
+from twotier.progress import Progress, quiet
 
 # name -> "module:Class", in start order. Lazy so `twotier status` stays fast.
 SERVICE_CLASSES: dict[str, str] = {
@@ -38,7 +39,7 @@ class Stack:
             names = [n for n in names if n in only]
         self.services = [make_service(n, settings) for n in names]
 
-    def install(self, progress: Progress = _quiet) -> None:
+    def install(self, progress: Progress = quiet) -> None:
         """Download and build everything the services and Spark need (cached)."""
         from twotier.infra.spark import ensure_spark_jars
 
@@ -46,7 +47,7 @@ class Stack:
             service.install(progress)
         ensure_spark_jars(self.settings, progress)
 
-    def up(self, progress: Progress = _quiet) -> None:
+    def up(self, progress: Progress = quiet) -> None:
         """Start every service that is not running; idempotent.
 
         On any failure the services this call started are stopped again, so no
@@ -68,7 +69,7 @@ class Stack:
                 service.stop()
             raise
 
-    def down(self, progress: Progress = _quiet) -> None:
+    def down(self, progress: Progress = quiet) -> None:
         """Stop every service, last started first."""
         for service in reversed(self.services):
             if service.running():

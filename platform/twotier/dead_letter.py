@@ -24,12 +24,12 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Collection, Iterator, Mapping
-from types import TracebackType
 from typing import Any
 
+from twotier.closing import Closing
 from twotier.config import Settings
 from twotier.events import BadEvent, Event, parse_event
-from twotier.kafka_clients import kafka_error, make_producer
+from twotier.kafka_clients import kafka_error, make_consumer, make_producer, topic_partitions
 from twotier.naming import dead_letter_topic, events_topic
 
 log = logging.getLogger(__name__)
@@ -75,7 +75,7 @@ def dead_letter_record(
     }
 
 
-class DeadLetters:
+class DeadLetters(Closing):
     """Validates raw records of one project; sends the malformed ones to its dead-letter topic.
 
     Use as a context manager (or call ``close()``) so pending dead letters are flushed.
@@ -202,17 +202,6 @@ class DeadLetters:
                 self._producer.close()
                 self._producer = None
 
-    def __enter__(self) -> DeadLetters:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
     def _connect(self) -> Any:
         if self._producer is None:
             self._producer = make_producer(self.settings, f"twotier-dead-letter-{self.project}")
@@ -256,28 +245,16 @@ def consume_events(
     Raises:
         TwotierError: Kafka is unreachable.
     """
-    from kafka import KafkaConsumer, TopicPartition
     from kafka.errors import KafkaError
 
     topic = events_topic(project)
     own = dead_letters is None
     dead = dead_letters if dead_letters is not None else DeadLetters(settings, project)
+    consumer = make_consumer(settings, f"twotier-consume-{project}", allow_auto_create_topics=False)
     try:
-        consumer = KafkaConsumer(
-            bootstrap_servers=settings.kafka.bootstrap,
-            client_id=f"twotier-consume-{project}",
-            group_id=None,
-            enable_auto_commit=False,
-            allow_auto_create_topics=False,
-            bootstrap_timeout_ms=10_000,
-        )
-    except (KafkaError, OSError) as exc:
-        raise kafka_error(settings, exc) from exc
-    try:
-        partitions = consumer.partitions_for_topic(topic)
-        if not partitions:
+        tps = topic_partitions(consumer, topic)
+        if not tps:
             return
-        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
         consumer.assign(tps)
         starts = dict(offsets or {})
         for tp in tps:

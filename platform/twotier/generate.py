@@ -32,21 +32,17 @@ from twotier.events import Event
 from twotier.features.builtin import CONTENT_TYPES
 from twotier.items import Item, load_items
 from twotier.kafka_clients import kafka_error, make_producer
+from twotier.progress import Progress, quiet
 from twotier.replay import ensure_topic
 
 log = logging.getLogger(__name__)
 
-Progress = Callable[[str], None]
 
 DEFAULT_PROJECT = "memes"
 DEFAULT_START_TS_MS = 1_700_000_000_000
 """Event time of the first impression when none is given (2023-11-14)."""
 _CHUNK = 4096
 """Impressions drawn per numpy call; part of the stream's definition (keeps it deterministic)."""
-
-
-def _quiet(_: str) -> None:
-    return None
 
 
 class MemeFeedConfig(BaseModel):
@@ -255,7 +251,7 @@ def generate_memes(
     duration_s: float | None = None,
     start_ts_ms: int | None = None,
     load_item_data: bool = True,
-    progress: Progress = _quiet,
+    progress: Progress = quiet,
 ) -> GenerateReport:
     """Produce the synthetic meme feed to the project's topic at a paced rate.
 

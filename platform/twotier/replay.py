@@ -11,7 +11,7 @@ from __future__ import annotations
 import csv
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,17 +22,13 @@ from twotier.dead_letter import DeadLetters, consume_events
 from twotier.events import Event
 from twotier.kafka_clients import kafka_error, make_producer
 from twotier.naming import events_topic
+from twotier.progress import Progress, quiet
 
 log = logging.getLogger(__name__)
 
-Progress = Callable[[str], None]
 
 DEFAULT_PARTITIONS = 2
 PROGRESS_EVERY = 20_000
-
-
-def _quiet(_: str) -> None:
-    return None
 
 
 class RatingMapping(BaseModel):
@@ -173,7 +169,7 @@ def replay_movielens(
     dataset_dir: Path,
     limit: int | None = None,
     speedup: float | None = None,
-    progress: Progress = _quiet,
+    progress: Progress = quiet,
     mapping: RatingMapping | None = None,
 ) -> int:
     """Produce the MovieLens ratings as JSON events to the project's topic.

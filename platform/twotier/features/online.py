@@ -27,11 +27,11 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from types import TracebackType
 from typing import Any
 
 import numpy as np
 
+from twotier.closing import Closing
 from twotier.config import Settings
 from twotier.events import Event
 from twotier.features.aggregate import aggregate, entity_id
@@ -142,7 +142,7 @@ def assemble_matrix(
     return out
 
 
-class OnlineFeatures:
+class OnlineFeatures(Closing):
     """Writes events to and reads model feature matrices from the online store.
 
     Holds one online-store client (and, for models with several groups, a small thread
@@ -174,17 +174,6 @@ class OnlineFeatures:
         if self._pool is not None:
             self._pool.shutdown(wait=True)
         self.store.close()
-
-    def __enter__(self) -> OnlineFeatures:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     # -- schema --------------------------------------------------------------
 

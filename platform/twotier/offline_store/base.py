@@ -5,11 +5,11 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from types import TracebackType
 from typing import Any
 
 import pandas as pd
 
+from twotier.closing import Closing
 from twotier.errors import TwotierError
 from twotier.events import Event
 
@@ -153,7 +153,7 @@ def check_items_frame(project: str, items: pd.DataFrame) -> pd.DataFrame:
     return frame.drop_duplicates("item_id", keep="last").reset_index(drop=True)
 
 
-class OfflineStore(ABC):
+class OfflineStore(ABC, Closing):
     """Analytical storage of a project's events, read with SQL for training sets.
 
     Events are stored once per ``event_id``: inserting the same events twice leaves
@@ -182,17 +182,6 @@ class OfflineStore(ABC):
 
         The store must not be used afterwards; closing twice is a no-op.
         """
-
-    def __enter__(self) -> OfflineStore:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     # -- schema --------------------------------------------------------------
 

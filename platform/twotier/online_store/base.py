@@ -6,9 +6,9 @@ import re
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from types import TracebackType
 from typing import Any
 
+from twotier.closing import Closing
 from twotier.errors import TwotierError
 
 # FerretDB v1 (and portable MongoDB documents) forbid dots in field names and a
@@ -98,7 +98,7 @@ def check_increments(
             )
 
 
-class OnlineStore(ABC):
+class OnlineStore(ABC, Closing):
     """Low-latency key-value features: one document per entity in a collection.
 
     Counters are stored raw and only ever incremented; rates are derived at read time.
@@ -121,17 +121,6 @@ class OnlineStore(ABC):
     @abstractmethod
     def close(self) -> None:
         """Release the connection; the store must not be used afterwards."""
-
-    def __enter__(self) -> OnlineStore:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     # -- schema --------------------------------------------------------------
 
