@@ -100,7 +100,41 @@ def jobs(
             console.print(f"[red]{job_summary(s)}[/red]")
 
 
+def stream_start(
+    project: ProjectOption = None,
+    restart: Annotated[
+        bool, typer.Option("--restart", help="Stop a running job first, then start it.")
+    ] = False,
+) -> None:
+    """Start the online feature job in the background (idempotent; ``stream-stop`` ends it)."""
+    from twotier.feature_jobs.detached import start_online
+
+    settings = state.settings()
+    project = project or settings.project
+    result = start_online(settings, project, restart=restart, progress=console.print)
+    verb = "started" if result.started else "already running"
+    console.print(
+        f"[green]online job {project} {verb}[/green]: pid {result.process.pid}, "
+        f"log {result.process.log}; the Dagster sensor {project}_streaming_watchdog restarts it"
+    )
+
+
+def stream_stop(project: ProjectOption = None) -> None:
+    """Stop the background online feature job (started by ``stream-start`` or Dagster)."""
+    from twotier.feature_jobs.detached import stop_online
+
+    settings = state.settings()
+    project = project or settings.project
+    stopped = stop_online(settings, project)
+    if stopped is None:
+        console.print(f"online job {project}: not running")
+    else:
+        console.print(f"[green]online job {project} stopped[/green] (pid {stopped.pid})")
+
+
 def register(app: typer.Typer) -> None:
     """Add the feature-job commands to the ``twotier`` app (entry point ``twotier.cli``)."""
     app.command("stream")(stream)
     app.command("jobs")(jobs)
+    app.command("stream-start")(stream_start)
+    app.command("stream-stop")(stream_stop)
