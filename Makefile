@@ -47,6 +47,12 @@ test-unit: setup  ## Unit tests only (no services).
 test-integration: setup stack-install  ## Integration and e2e tests (real services).
 	$(BIN)/python -m pytest -m "integration or e2e" $(PYTEST_ARGS)
 
+BENCH_ARGS ?=
+
+.PHONY: bench
+bench: setup stack-install  ## Run every benchmark; JSON, Markdown table and plots in bench/results/.
+	$(BIN)/python bench/run_all.py $(BENCH_ARGS)
+
 lint: setup  ## ruff (lint + format check) and mypy.
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
