@@ -156,7 +156,7 @@ def markdown(report: Mapping[str, Any], plots: list[str] | None = None) -> str:
         + (
             " --report-only` from the JSON files the benchmarks saved earlier"
             if report.get("mode") == "report-only"
-            else "` (`make bench`), running every benchmark"
+            else "` (`make bench`), running the benchmarks"
         )
         + ". Every number below is measured, taken from the JSON a benchmark wrote; "
         "the machine:",
