@@ -14,6 +14,7 @@ from twotier.pipelines.resources.kafka import KafkaResource
 from twotier.pipelines.resources.mlflow import MLflowResource
 from twotier.pipelines.resources.offline_store import OfflineStoreResource
 from twotier.pipelines.resources.online_store import OnlineStoreResource
+from twotier.pipelines.resources.serving import ServingResource
 from twotier.pipelines.resources.spark import SparkResource
 
 __all__ = [
@@ -21,6 +22,7 @@ __all__ = [
     "MLflowResource",
     "OfflineStoreResource",
     "OnlineStoreResource",
+    "ServingResource",
     "SparkResource",
     "make_resources",
 ]
@@ -34,4 +36,5 @@ def make_resources(settings: Settings) -> dict[str, Any]:
         "offline_store": OfflineStoreResource.from_settings(settings),
         "online_store": OnlineStoreResource.from_settings(settings),
         "spark": SparkResource.from_settings(settings),
+        "serving": ServingResource.from_settings(settings),
     }

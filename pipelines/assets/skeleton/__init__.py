@@ -1,10 +1,14 @@
-"""The walking-skeleton assets of a project: Kafka events → offline store → ranker."""
+"""The walking-skeleton assets of a project: Kafka events → offline store → ranker.
+
+Superseded by the per-project graph of ``make_project_assets``; kept for
+``materialize_skeleton`` and its tests until those are retired.
+"""
 
 from __future__ import annotations
 
 import dagster as dg
 
-from twotier.pipelines.assets.skeleton.events_offline import (
+from twotier.pipelines.assets.ingest.events_offline import (
     events_offline_key,
     make_events_offline,
 )

@@ -5,7 +5,7 @@
 import dagster as dg
 
 from twotier.naming import asset_prefix, model_name
-from twotier.pipelines.assets.skeleton.events_offline import events_offline_key
+from twotier.pipelines.assets.ingest.events_offline import events_offline_key
 from twotier.pipelines.resources import MLflowResource, OfflineStoreResource
 from twotier.pipelines.resources.offline_store import OFFLINE_STORE_POOL
 from twotier.training import train_ranker

@@ -16,7 +16,7 @@ Example:
 from __future__ import annotations
 
 import logging
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 
 import numpy as np
 import onnx
@@ -165,4 +165,63 @@ def evaluate_two_tiers(
     return metrics
 
 
-__all__ = ["EvaluationError", "evaluate_two_tiers"]
+def evaluate_tier_one(
+    tier_one: onnx.ModelProto | bytes,
+    train: pd.DataFrame,
+    holdout: pd.DataFrame,
+    ks: Sequence[int] = (1, 5, 10, 20, 50, 100),
+    ndcg_k: int = 10,
+    max_users: int | None = None,
+    seed: int = 0,
+) -> tuple[dict[str, float], dict[str, list[float]]]:
+    """Tier one alone against popularity: hold-out items the user had not seen before.
+
+    Args:
+        tier_one: The exported tier-one graph.
+        train: Training views (``user_id``, ``item_id``).
+        holdout: Hold-out interactions; each user's new items are the relevant ones.
+        ks: Cut-offs of the Recall@k curve; the largest is the candidate count.
+        ndcg_k: The NDCG cut-off.
+        max_users: Evaluate a seeded sample of at most this many hold-out users.
+        seed: The sample's seed.
+
+    Returns:
+        Metrics ``tier_one_ndcg_at_<ndcg_k>``, ``tier_one_recall_at_<max k>``, the same with
+        ``popularity_``, ``eval_users``; and the Recall@k curves ``{"tier one": [...],
+        "popularity": [...]}`` over ``ks``.
+
+    Raises:
+        EvaluationError: No training view, or no hold-out user has a new item.
+    """
+    from twotier.models.plots import recall_curve
+
+    if train.empty or holdout.empty:
+        raise EvaluationError(
+            f"{len(train)} training and {len(holdout)} hold-out interactions: tier one needs "
+            "both sides of the time split"
+        )
+    seen = _by_user(train)
+    relevant = {u: items - seen.get(u, set()) for u, items in _by_user(holdout).items()}
+    users = sorted(u for u, items in relevant.items() if items)
+    if max_users is not None and len(users) > max_users:
+        picked = np.random.default_rng(seed).choice(len(users), max_users, replace=False)
+        users = [users[i] for i in sorted(picked)]
+    if not users:
+        raise EvaluationError("no hold-out user has an item they had not seen before the cut-off")
+    relevant = {u: relevant[u] for u in users}
+    k = max(ks)
+    candidates = TierOneSession(tier_one).candidates(users, k, exclude=seen)
+    popularity = PopularityBaseline.fit(train["item_id"]).rank(users, k, exclude=seen)
+    metrics = {
+        **_with_prefix("tier_one", ranking_metrics(candidates, relevant, k, ndcg_k)),
+        **_with_prefix("popularity", ranking_metrics(popularity, relevant, k, ndcg_k)),
+        "eval_users": float(len(users)),
+    }
+    curves = {
+        "tier one": recall_curve(candidates, relevant, ks),
+        "popularity": recall_curve(popularity, relevant, ks),
+    }
+    return metrics, curves
+
+
+__all__ = ["EvaluationError", "evaluate_tier_one", "evaluate_two_tiers"]

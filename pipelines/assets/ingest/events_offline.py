@@ -4,17 +4,19 @@
 # annotations at definition time.
 import dagster as dg
 
-from twotier.naming import asset_prefix, events_topic
+from twotier.naming import events_topic
 from twotier.offline_store import events_frame
+from twotier.pipelines.assets.keys import EVENTS_OFFLINE, asset_key, group_name
+from twotier.pipelines.assets.partitions import SINGLE_RUN
 from twotier.pipelines.resources import KafkaResource, OfflineStoreResource
 from twotier.pipelines.resources.offline_store import OFFLINE_STORE_POOL
 
-ASSET_NAME = "events_offline"
+ASSET_NAME = EVENTS_OFFLINE
 
 
 def events_offline_key(project: str) -> dg.AssetKey:
     """The asset key ``<project>/events_offline``."""
-    return dg.AssetKey([*asset_prefix(project), ASSET_NAME])
+    return asset_key(project, ASSET_NAME)
 
 
 def make_events_offline(project: str) -> dg.AssetsDefinition:
@@ -27,9 +29,10 @@ def make_events_offline(project: str) -> dg.AssetsDefinition:
 
     @dg.asset(
         key=events_offline_key(project),
-        group_name=f"{project}_skeleton",
+        group_name=group_name(project, "ingest"),
         kinds={"kafka", "clickhouse"},
         pool=OFFLINE_STORE_POOL,
+        backfill_policy=SINGLE_RUN,
         description=f"Events of project {project!r} from Kafka topic {events_topic(project)} "
         "in the offline store, one row per event_id.",
     )

@@ -1,0 +1,228 @@
+"""Asset: a tier-two ranker (XGBoost → onnxmltools), parity-gated, evaluated with tier one."""
+
+# No `from __future__ import annotations`: Dagster reads the annotations.
+from collections.abc import Iterator
+
+import dagster as dg
+import numpy as np
+from pydantic import Field
+
+from twotier.features.spec import ProjectFeatures
+from twotier.models.datasets import read_tier_two_set
+from twotier.models.evaluate import evaluate_two_tiers
+from twotier.models.parity import PARITY_TOLERANCE
+from twotier.models.plots import auc_by_round, feature_importance_figure, metric_curves_figure
+from twotier.models.tier_two import TierTwoParams, train_tier_two_frame
+from twotier.naming import model_name
+from twotier.pipelines.assets.keys import (
+    FEATURE_SNAPSHOTS,
+    TIER_ONE,
+    asset_key,
+    group_name,
+    tier_two,
+    training_set_tier_two,
+)
+from twotier.pipelines.assets.models.gates import auc_gate, beats_popularity_gate, parity_gate
+from twotier.pipelines.assets.models.run_logging import flat_params, log_figures, log_metrics
+from twotier.pipelines.assets.outputs import RegisteredModel
+from twotier.pipelines.assets.partitions import SINGLE_RUN
+from twotier.pipelines.assets.project import project_settings
+from twotier.pipelines.resources import MLflowResource, OfflineStoreResource
+from twotier.pipelines.resources.offline_store import OFFLINE_STORE_POOL
+from twotier.registry import register_onnx
+
+PARITY_CHECK = "parity"
+AUC_CHECK = "auc_floor"
+POPULARITY_CHECK = "beats_popularity"
+
+
+class TierTwoConfig(dg.Config):
+    """Training, evaluation and gate settings of a tier-two ranker."""
+
+    n_estimators: int = Field(60, ge=1, le=2000)
+    max_depth: int = Field(4, ge=1, le=12)
+    learning_rate: float = Field(0.15, gt=0, le=1)
+    random_state: int = 0
+    auc_floor: float = Field(0.55, ge=0, le=1, description="Lowest hold-out AUC to promote.")
+    min_gain_over_popularity: float = Field(
+        0.0, description="NDCG@10 or Recall@k of the two tiers must beat popularity by more."
+    )
+    parity_tolerance: float = Field(PARITY_TOLERANCE, gt=0, le=PARITY_TOLERANCE)
+    eval_k: int = Field(100, ge=1, description="Tier-one candidates per hold-out user.")
+    ndcg_k: int = Field(10, ge=1)
+    eval_max_users: int | None = Field(1000, ge=1, description="Hold-out users evaluated.")
+
+
+def make_tier_two_model(project: str, features: ProjectFeatures, model: str) -> dg.AssetsDefinition:
+    """The ``tier2_<model>`` asset: a new version of ``<project>.tier2.<model>``.
+
+    Trains XGBoost on the stored point-in-time rows before tier one's cut-off, converts it
+    with onnxmltools and refuses to register it when ONNX and XGBoost disagree beyond the
+    tolerance. Both tiers together are then evaluated on the hold-out against popularity
+    (``evaluate_two_tiers``); params, metrics, plots and the model-features spec go to one
+    MLflow run, the two-tier metrics also to tier one's run, and the version is registered
+    without moving any alias.
+    """
+    key = asset_key(project, tier_two(model))
+    name = model_name(project, "tier2", model)
+    spec = features.model_spec(model)
+    settings = project_settings(project, features)
+
+    @dg.asset(
+        key=key,
+        ins={"tier_one": dg.AssetIn(key=asset_key(project, TIER_ONE))},
+        deps=[
+            asset_key(project, training_set_tier_two(model)),
+            asset_key(project, FEATURE_SNAPSHOTS),
+        ],
+        group_name=group_name(project, "models"),
+        kinds={"xgboost", "onnx", "mlflow"},
+        pool=OFFLINE_STORE_POOL,
+        backfill_policy=SINGLE_RUN,
+        check_specs=[
+            dg.AssetCheckSpec(
+                PARITY_CHECK,
+                asset=key,
+                blocking=True,
+                description="ONNX probabilities match XGBoost within the tolerance (ERROR).",
+            ),
+            dg.AssetCheckSpec(
+                AUC_CHECK,
+                asset=key,
+                blocking=True,
+                description="The hold-out AUC reaches the configured floor (ERROR).",
+            ),
+            dg.AssetCheckSpec(
+                POPULARITY_CHECK,
+                asset=key,
+                blocking=True,
+                description="The two tiers beat the popularity baseline (ERROR).",
+            ),
+        ],
+        description=f"XGBoost ranker {model!r} of {project!r} as ONNX with its features spec, "
+        f"registered as a new version of {name} (no alias moved).",
+    )
+    def tier2_model(
+        context: dg.AssetExecutionContext,
+        config: TierTwoConfig,
+        tier_one: RegisteredModel,
+        offline_store: OfflineStoreResource,
+        mlflow: MLflowResource,
+    ) -> Iterator[dg.Output[RegisteredModel] | dg.AssetCheckResult]:
+        cutoff = tier_one.cutoff_ts
+        params = TierTwoParams(
+            n_estimators=config.n_estimators,
+            max_depth=config.max_depth,
+            learning_rate=config.learning_rate,
+            random_state=config.random_state,
+        )
+        with offline_store.open() as store:
+            rows = read_tier_two_set(store, project, spec)
+            # Raises TierTwoError / ParityError before anything is registered.
+            trained = train_tier_two_frame(rows, spec, cutoff, params, config.parity_tolerance)
+            evaluation = evaluate_two_tiers(
+                store,
+                settings,
+                project,
+                tier_one.onnx_bytes,
+                trained.onnx_model,
+                cutoff,
+                k=config.eval_k,
+                ndcg_k=config.ndcg_k,
+                max_users=config.eval_max_users,
+                seed=config.random_state,
+            )
+        holdout = rows[rows["ts"] >= cutoff]
+        rounds, round_auc = auc_by_round(
+            trained.native,
+            holdout[spec.columns()].to_numpy(dtype=np.float32),
+            holdout["label"].to_numpy(),
+        )
+        metrics = {**trained.metrics, **evaluation}
+        ref = register_onnx(
+            trained.onnx_model,
+            tracking_uri=mlflow.tracking_uri,
+            name=name,
+            feature_names=spec.columns(),
+            experiment=project,
+            params=flat_params(
+                {
+                    **trained.params,
+                    "eval_k": config.eval_k,
+                    "auc_floor": config.auc_floor,
+                    "parity_tolerance": config.parity_tolerance,
+                    "tier_one_version": tier_one.version,
+                }
+            ),
+            metrics=metrics,
+            alias=None,
+            spec=spec,
+            tags={
+                "twotier.tier": "tier2",
+                "twotier.cutoff_ts": str(cutoff),
+                "twotier.tier1_version": tier_one.version,
+            },
+        )
+        run_id = ref.run_id or ""
+        importance = trained.native.feature_importances_
+        plots = log_figures(
+            mlflow.tracking_uri,
+            run_id,
+            {
+                "feature_importance": feature_importance_figure(spec.columns(), importance),
+                "holdout_auc_by_round": metric_curves_figure(
+                    "hold-out AUC", rounds, {model: round_auc}, xlabel="boosting rounds"
+                ),
+            },
+        )
+        # Tier one's run gets the metrics of the two tiers together too.
+        log_metrics(
+            mlflow.tracking_uri,
+            tier_one.run_id,
+            {f"{model}.{k}": v for k, v in evaluation.items()},
+        )
+        parity = parity_gate(metrics["parity_max_abs_diff"], config.parity_tolerance)
+        floor = auc_gate(metrics["auc"], config.auc_floor)
+        popular = beats_popularity_gate(
+            evaluation, "two_tier", config.eval_k, config.ndcg_k, config.min_gain_over_popularity
+        )
+        context.log.info(
+            f"registered {ref.model_id} (no alias moved): {floor[2]}; {popular[2]}; {parity[2]}"
+        )
+        yield dg.Output(
+            RegisteredModel(
+                project=project,
+                tier="tier2",
+                model=model,
+                name=name,
+                version=ref.version,
+                run_id=run_id,
+                cutoff_ts=cutoff,
+                metrics=metrics,
+                checks={PARITY_CHECK: parity[0], AUC_CHECK: floor[0], POPULARITY_CHECK: popular[0]},
+            ),
+            metadata={
+                "model_name": name,
+                "version": ref.version,
+                "run_id": run_id,
+                "tier_one_version": tier_one.version,
+                "cutoff_ts": cutoff,
+                "feature_columns": spec.columns(),
+                "plots": plots,
+                **{k: float(v) for k, v in metrics.items()},
+            },
+        )
+        for check, gate, extra in (
+            (PARITY_CHECK, parity, {"tolerance": config.parity_tolerance}),
+            (AUC_CHECK, floor, {"floor": config.auc_floor}),
+            (POPULARITY_CHECK, popular, {"min_gain": config.min_gain_over_popularity}),
+        ):
+            yield dg.AssetCheckResult(
+                check_name=check,
+                passed=gate[0],
+                severity=dg.AssetCheckSeverity.ERROR,
+                description=gate[2],
+                metadata={"value": gate[1], **extra},
+            )
+
+    return tier2_model
