@@ -264,11 +264,15 @@ def _spawn(settings: Settings, project: str) -> OnlineProcess:
 
 
 def _stop(process: OnlineProcess, timeout_s: float = STOP_TIMEOUT_S) -> None:
-    """SIGTERM the job's group (it stops after its batch), SIGKILL it after ``timeout_s``."""
-    for sig, wait_s in ((signal.SIGTERM, timeout_s), (signal.SIGKILL, 10.0)):
-        if process.alive():
+    """SIGTERM the driver (it stops its query after the batch and Spark with it), then
+    SIGKILL the whole process group after ``timeout_s``."""
+    for wait_s in (timeout_s, 10.0):
+        if wait_s == timeout_s:
             with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(process.pid, sig)
+                os.kill(process.pid, signal.SIGTERM)
+                os.killpg(process.pid, signal.SIGCONT)  # a stopped (hung) job must see it
+        else:
+            _kill_leftovers(process)
         deadline = time.monotonic() + wait_s
         while time.monotonic() < deadline:
             with contextlib.suppress(ChildProcessError):
@@ -276,7 +280,6 @@ def _stop(process: OnlineProcess, timeout_s: float = STOP_TIMEOUT_S) -> None:
             if not process.alive() and not group_members(process.pid):
                 return
             time.sleep(0.2)
-        _kill_leftovers(process)
     if process.alive():
         raise DetachedJobError(
             f"online job {process.project}: pid {process.pid} survived SIGKILL; "
