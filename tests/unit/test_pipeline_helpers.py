@@ -1,0 +1,171 @@
+"""Pure helpers of the asset graph: gates, partitions, cut-offs, promotion aliases, keys."""
+
+from __future__ import annotations
+
+import dagster as dg
+import numpy as np
+import pytest
+
+from twotier.config import load_settings
+from twotier.experiments import Experiment, ExperimentGroup
+from twotier.features.builtin import builtin_projects
+from twotier.models.datasets import (
+    TrainingSetError,
+    holdout_cutoff,
+    partition_labels,
+    spec_layout,
+)
+from twotier.models.plots import feature_importance_figure, png_bytes, recall_curve
+from twotier.pipelines.assets import make_project_assets
+from twotier.pipelines.assets.ingest.events_checks import known_actions
+from twotier.pipelines.assets.models.gates import auc_gate, beats_popularity_gate, parity_gate
+from twotier.pipelines.assets.partitions import (
+    partitions_covering,
+    training_partitions,
+    windows_ms,
+)
+from twotier.pipelines.assets.promotion.promotion import group_aliases
+from twotier.pipelines.resources import make_resources
+from twotier.pipelines.resources.serving import ServingResource
+
+MOVIELENS = builtin_projects()["movielens"]
+EXPERIMENT = Experiment(
+    name="ranker_ab",
+    salt="s",
+    groups=(
+        ExperimentGroup(name="control", share=0.5, alias="champion"),
+        ExperimentGroup(name="treatment", share=0.5, alias="challenger"),
+    ),
+)
+
+
+def test_gates_pass_and_fail_at_their_thresholds() -> None:
+    assert auc_gate(0.7, 0.55)[0] and not auc_gate(0.7, 0.999)[0]
+    assert auc_gate(0.55, 0.55)[0]  # the floor itself is enough
+    assert parity_gate(1e-5, 1e-4)[0] and not parity_gate(2e-4, 1e-4)[0]
+    metrics = {
+        "two_tier_ndcg_at_10": 0.05,
+        "popularity_ndcg_at_10": 0.04,
+        "two_tier_recall_at_100": 0.2,
+        "popularity_recall_at_100": 0.25,
+    }
+    passed, gain, message = beats_popularity_gate(metrics, "two_tier", 100, 10, 0.0)
+    assert passed and gain == pytest.approx(0.01) and "NDCG@10" in message
+    assert not beats_popularity_gate(metrics, "two_tier", 100, 10, 0.02)[0]
+    with pytest.raises(KeyError, match="two_tier_recall_at_50"):
+        beats_popularity_gate(metrics, "two_tier", 50, 10, 0.0)
+
+
+def test_monthly_partitions_and_their_windows() -> None:
+    partitions = training_partitions("1996-01-01")
+    keys = partitions.get_partition_keys()
+    assert keys[:3] == ["1996-01-01", "1996-02-01", "1996-03-01"]
+    [(key, start, end)] = windows_ms(partitions, ["1996-02-01"])
+    assert key == "1996-02-01" and start == 823132800000 and end == 825638400000
+    assert partitions_covering(partitions, start + 1, end) == ("1996-02-01", "1996-03-01")
+    assert partitions_covering(partitions, 0, start)[0] == "1996-01-01"  # before: the first
+
+
+def test_partition_labels_put_each_time_in_its_window() -> None:
+    windows = [("a", 0, 10), ("b", 10, 20)]
+    assert partition_labels(np.array([0, 9, 10, 19]), windows).tolist() == ["a", "a", "b", "b"]
+    with pytest.raises(TrainingSetError, match="ts=20 lies outside"):
+        partition_labels(np.array([5, 20]), windows)
+    with pytest.raises(TrainingSetError, match="no partition windows"):
+        partition_labels(np.array([5]), [])
+
+
+def test_holdout_cutoff_keeps_both_sides() -> None:
+    ts = np.arange(100)
+    cutoff = holdout_cutoff(ts, 0.2)
+    assert cutoff == 79 and (ts >= cutoff).sum() == 21
+    with pytest.raises(TrainingSetError, match="empty"):
+        holdout_cutoff(np.array([], dtype=np.int64), 0.2)
+    with pytest.raises(TrainingSetError, match="every row is at or after"):
+        holdout_cutoff(np.full(10, 5), 0.2)
+    with pytest.raises(TrainingSetError, match="strictly between"):
+        holdout_cutoff(ts, 1.0)
+
+
+def test_spec_layout_changes_with_the_columns() -> None:
+    spec = MOVIELENS.model_spec("ranker")
+    assert spec_layout(spec) == spec_layout(MOVIELENS.model_spec("ranker"))
+    other = builtin_projects()["memes"].model_spec("ranker")
+    assert spec_layout(spec) != spec_layout(other)
+
+
+def test_group_aliases_of_declared_experiments_only() -> None:
+    features = MOVIELENS.model_copy(update={"experiments": (EXPERIMENT,)})
+    assert group_aliases(features, []) == []
+    assert group_aliases(features, ["ranker_ab.treatment"]) == ["challenger"]
+    assert group_aliases(features, ["ranker_ab"]) == ["champion", "challenger"]
+    with pytest.raises(ValueError, match="no experiment 'nope'"):
+        group_aliases(features, ["nope"])
+    with pytest.raises(ValueError, match="has no group 'x'"):
+        group_aliases(features, ["ranker_ab.x"])
+
+
+def test_known_actions_include_counted_and_extra_ones() -> None:
+    actions = known_actions(MOVIELENS, ["purchase"])
+    assert {"view", "smile", "dislike", "purchase"} <= set(actions)
+    assert actions == sorted(actions)
+
+
+def test_plots_render_png_and_recall_curve_grows() -> None:
+    figure = feature_importance_figure(["a", "b"], [0.2, 0.8])
+    assert png_bytes(figure)[:4] == b"\x89PNG"
+    with pytest.raises(ValueError, match="2 feature names but 1 importances"):
+        feature_importance_figure(["a", "b"], [1.0])
+    curve = recall_curve({"u": ["x", "y", "z"]}, {"u": {"y", "z"}}, [1, 2, 3])
+    assert curve == [0.0, 0.5, 1.0]
+
+
+def test_project_graph_keys_checks_and_pools() -> None:
+    features = MOVIELENS.model_copy(update={"experiments": (EXPERIMENT,)})
+    assets = make_project_assets("movielens", features)
+    defs = dg.Definitions(assets=assets, resources=make_resources(load_settings()))
+    keys = {k.to_user_string() for k in defs.resolve_all_asset_keys()}
+    assert keys == {
+        f"movielens/{name}"
+        for name in (
+            "events_offline",
+            "feature_snapshots",
+            "training_set_tier1",
+            "training_set_tier2_ranker",
+            "experiment_training_sets",
+            "tier1_candidates",
+            "tier2_ranker",
+            "promotion",
+        )
+    }
+    graph = defs.resolve_asset_graph()
+    blocking = {
+        k.to_user_string() for k in graph.asset_check_keys if graph.get_check_spec(k).blocking
+    }
+    assert {
+        "movielens/tier2_ranker:auc_floor",
+        "movielens/tier2_ranker:beats_popularity",
+        "movielens/tier2_ranker:parity",
+        "movielens/tier1_candidates:parity",
+        "movielens/events_offline:events_ts_range",
+    } <= blocking
+    promotion = defs.resolve_assets_def(dg.AssetKey(["movielens", "promotion"]))
+    assert promotion.asset_deps[promotion.key] == {
+        dg.AssetKey(["movielens", "tier1_candidates"]),
+        dg.AssetKey(["movielens", "tier2_ranker"]),
+    }
+    for asset in assets:
+        if "offline_store" in asset.required_resource_keys:
+            assert asset.op.pool == "offline_store", asset
+    plain = make_project_assets("movielens", MOVIELENS)  # no experiments: no group sets
+    assert len(plain) == len(assets) - 1
+    with pytest.raises(ValueError, match="invalid project name"):
+        make_project_assets("Bad-Name", MOVIELENS)
+
+
+def test_serving_resource_follows_settings() -> None:
+    settings = load_settings()
+    resource = ServingResource.from_settings(settings)
+    assert resource.url == settings.serving.url(settings.ray)
+    assert resource.admin_token == settings.serving.admin_token.get_secret_value()
+    assert resource.deploy_after_promotion is settings.pipelines.deploy_after_promotion
