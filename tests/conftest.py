@@ -118,7 +118,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     """Mark tests by folder: tests/unit → unit, tests/integration → integration, tests/e2e → e2e."""
     for item in items:
         parts = Path(str(item.fspath)).parts
-        for marker in ("unit", "integration", "e2e"):
+        for marker in ("unit", "integration", "e2e", "faults"):
             if marker in parts:
                 item.add_marker(getattr(pytest.mark, marker))
 
