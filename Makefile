@@ -10,7 +10,7 @@ PROJECT ?= movielens
 DEMO_LIMIT ?= 20000
 PYTEST_ARGS ?=
 
-.PHONY: help setup stack-install up down status demo test test-unit test-integration lint format clean
+.PHONY: help setup stack-install up down status demo test test-unit test-faults test-integration lint format clean
 
 help:  ## List the targets.
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -43,6 +43,9 @@ test: setup stack-install  ## Install everything and run every test (unit, integ
 
 test-unit: setup  ## Unit tests only (no services).
 	$(BIN)/python -m pytest -m unit $(PYTEST_ARGS)
+
+test-faults: setup stack-install  ## kill -9 of each component in turn; costs in bench/results/faults.json.
+	$(BIN)/python -m pytest -m faults tests/faults $(PYTEST_ARGS)
 
 test-integration: setup stack-install  ## Integration and e2e tests (real services).
 	$(BIN)/python -m pytest -m "integration or e2e" $(PYTEST_ARGS)
