@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Iterator, Mapping
+from datetime import UTC, datetime
 from typing import Any
 
 import dagster as dg
@@ -147,8 +148,10 @@ def test_schedule_and_new_data_sensor_are_off_by_default_and_on_by_setting(
 
 def test_schedule_requests_a_tagged_retrain_run() -> None:
     defs = make_definitions(load_settings(path=None), ("movielens",))
-    schedule = defs.get_repository_def().get_schedule_def("movielens_retrain_schedule")
-    with dg.build_schedule_context() as context:
+    repo = defs.get_repository_def()
+    schedule = repo.get_schedule_def("movielens_retrain_schedule")
+    tick = datetime(2025, 1, 1, 12, tzinfo=UTC)
+    with dg.build_schedule_context(scheduled_execution_time=tick, repository_def=repo) as context:
         result = schedule.evaluate_tick(context)
     [request] = result.run_requests or []
     assert request.tags["twotier/project"] == "movielens"
