@@ -63,8 +63,16 @@ def make_definitions(settings: Settings, projects: Sequence[str] | None = None) 
         jobs += [retrain, deploy, make_compact_offline_store_job(project)]
         schedules.append(make_retrain_schedule(project, retrain, project_assets, settings))
         sensors += [
-            make_new_data_sensor(project, retrain, project_assets, default_status=automation),
-            make_streaming_watchdog_sensor(project, deploy),
+            make_new_data_sensor(
+                project,
+                retrain,
+                project_assets,
+                min_new_events=settings.pipelines.retrain_min_new_events,
+                default_status=automation,
+            ),
+            make_streaming_watchdog_sensor(
+                project, deploy, growth_evaluations=settings.pipelines.watchdog_growth_evaluations
+            ),
         ]
     return dg.Definitions(
         assets=assets,

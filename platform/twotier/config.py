@@ -148,6 +148,8 @@ class ServingConfig(_Section):
     """How often aliases are re-read from the registry (moves made in the MLflow UI)."""
     model_memory_budget_bytes: int = Field(2 * 1024**3, ge=1)
     """Bytes of ONNX models one replica keeps loaded; least recently used beyond it go."""
+    deploy_on_up: bool = True
+    """``twotier up`` deploys the serving application once Ray Serve runs."""
 
     def url(self, ray: RayConfig) -> str:
         """Base URL of the HTTP proxy of the local Ray Serve."""
@@ -162,6 +164,11 @@ class PipelinesConfig(_Section):
     retrain_cron: str = "0 * * * *"
     deploy_after_promotion: bool = True
     """After an alias moves, ask the serving layer to load the new version at once."""
+    retrain_min_new_events: int = Field(1000, ge=1)
+    """New offline events that make the new-data sensor request a retrain."""
+    watchdog_growth_evaluations: int = Field(3, ge=1)
+    """Evaluations in a row of growing Kafka lag after which the watchdog restarts the
+    streaming job."""
 
 
 ServiceName = Literal["kafka", "ferretdb", "mlflow", "dagster", "ray"]
