@@ -5,11 +5,13 @@
 1. start the local stack (Kafka, FerretDB, MLflow, Dagster, Ray; Spark jars cached);
 2. replay MovieLens ratings into the project's Kafka topic (skipped when already there);
 3. the Spark streaming job writes per-user counters into FerretDB, exactly once;
-4. Dagster loads the events into ClickHouse (chdb), trains XGBoost, converts it to ONNX,
-   registers it in MLflow and moves the alias ``champion``;
-5. Ray Serve deploys the scoring app, which pulls ``<project>.tier2.ranker@champion``;
-6. one HTTP request scores candidate movies for a user, with the user's features from the
-   online store and the items' from the offline store.
+4. Dagster runs the project's asset graph: events into ClickHouse (chdb) with data checks,
+   feature snapshots, monthly point-in-time training sets, tier one (ALS → ONNX top-k) and
+   tier two (XGBoost → ONNX), parity gates, MLflow runs, blocking checks, and the promotion
+   of both tiers to ``champion``;
+5. Ray Serve deploys the scoring app, which pulls the models by alias;
+6. tier one's champion proposes candidate movies for a user, and one HTTP request scores
+   them with tier two's champion on the online features (FerretDB).
 
 Every step shells out to the ``twotier`` CLI, so the demo runs exactly what a person would.
 It can be run again: the replay is skipped when the topic already holds the events.
@@ -96,61 +98,34 @@ def _user_counters(settings: Settings, project: str, users: list[str]) -> dict[s
         return store.get_many(online_collection(project, group.key), users)
 
 
-def _item_features(settings: Settings, project: str, limit: int) -> list[dict[str, Any]]:
-    from twotier.offline_store import open_offline_store
+def _score_for_user(settings: Settings, project: str, user: str) -> None:
+    from twotier.features import OnlineFeatures
+    from twotier.models.tier_one import TierOneSession
+    from twotier.registry import load_onnx_bytes, resolve
 
-    with open_offline_store(settings) as store:
-        table = store.table(project, "events")
-        frame = store.query_df(
-            f"""
-            SELECT item_id,
-                   countIf(action = 'view') AS item_views,
-                   countIf(action = 'smile') AS item_smiles,
-                   sumIf(value, action = 'view') AS item_value_sum
-            FROM {table} FINAL
-            GROUP BY item_id ORDER BY item_views DESC, item_id LIMIT {int(limit)}
-            """
-        )
-    records: list[dict[str, Any]] = frame.to_dict("records")
-    return records
-
-
-def _rate(part: float, whole: float) -> float:
-    return float(part) / float(whole) if whole else 0.0
-
-
-def _score_for_user(settings: Settings, project: str, user: str, counters: dict[str, Any]) -> None:
-    items = _item_features(settings, project, limit=10)
-    views = float(counters.get("views", 0))
-    user_features = {
-        "user_views": views,
-        "user_smiles": float(counters.get("smiles", 0)),
-        "user_smile_rate": _rate(counters.get("smiles", 0), views),
-        "user_mean_value": _rate(counters.get("rating_sum", 0), views),
-    }
-    rows = [
-        {
-            **user_features,
-            "item_views": float(i["item_views"]),
-            "item_smiles": float(i["item_smiles"]),
-            "item_smile_rate": _rate(i["item_smiles"], i["item_views"]),
-            "item_mean_value": _rate(i["item_value_sum"], i["item_views"]),
-        }
-        for i in items
-    ]
+    uri = settings.mlflow.uri
+    tier_one = model_name(project, "tier1", "candidates")
+    ref = resolve(uri, tier_one, "champion")
+    session = TierOneSession(load_onnx_bytes(uri, tier_one, ref.version))
+    candidates = session.candidates([user], k=10)[user]
+    console.print(f"tier one {tier_one} v{ref.version}@champion proposes {candidates}")
+    with OnlineFeatures(settings) as features:
+        matrix = features.matrix(project, "ranker", user, candidates)
     url = f"http://{settings.ray.host}:{settings.ray.serve_port}/v1/{project}/score"
-    body = {"model": "ranker", "tier": "tier2", "alias": "champion", "features": rows}
-    console.print(f"[cyan]POST {url}[/cyan] ({len(rows)} candidate movies for user {user})")
+    body = {"model": "ranker", "tier": "tier2", "alias": "champion", "rows": matrix.tolist()}
+    console.print(f"[cyan]POST {url}[/cyan] ({len(candidates)} candidate movies for user {user})")
     response = httpx.post(url, json=body, timeout=60)
     response.raise_for_status()
     answer = response.json()
     table = Table(title=f"user {user}: {answer['model']} v{answer['version']} @{answer['alias']}")
     table.add_column("movie")
-    table.add_column("views", justify="right")
+    table.add_column("tier-one rank", justify="right")
     table.add_column("P(smile)", justify="right")
-    ranked = sorted(zip(items, answer["scores"], strict=True), key=lambda p: -p[1])
-    for item, score in ranked:
-        table.add_row(str(item["item_id"]), str(item["item_views"]), f"{score:.3f}")
+    ranked = sorted(
+        enumerate(zip(candidates, answer["scores"], strict=True)), key=lambda p: -p[1][1]
+    )
+    for rank, (item, score) in ranked:
+        table.add_row(item, str(rank + 1), f"{score:.3f}")
     console.print(table)
 
 
@@ -178,18 +153,19 @@ def run(settings: Settings, project: str, dataset: Path, limit: int) -> None:
 
     _step(
         4,
-        "Dagster: offline load, train, ONNX, register, promote",
-        "events → ClickHouse (chdb) → XGBoost → onnxmltools → MLflow → alias champion.",
+        "Dagster: the asset graph, from events to promotion",
+        "events → ClickHouse (chdb) → feature snapshots → monthly PIT training sets → "
+        "ALS + XGBoost → ONNX (parity) → MLflow → checks → champion of both tiers.",
     )
     _twotier("materialize", "--project", project)
 
     ranker = model_name(project, "tier2", "ranker")
-    _step(5, "Ray Serve: deploy", f"Pulls models:/{ranker}@champion by alias.")
+    _step(5, "Ray Serve: deploy", f"Pulls models:/{ranker}@champion (and tier one) by alias.")
     _twotier("deploy")
 
-    _step(6, "Score over HTTP", "User features online (FerretDB), item features offline.")
+    _step(6, "Both tiers", "Tier-one candidates, scored by tier two over HTTP (online features).")
     user = next((u for u in users if counters.get(u)), users[0])
-    _score_for_user(settings, project, user, counters.get(user, {}))
+    _score_for_user(settings, project, user)
 
     console.rule("[bold green]demo finished")
     console.print(f"Dagster UI:  http://{settings.dagster.host}:{settings.dagster.port}")

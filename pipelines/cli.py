@@ -2,14 +2,37 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from twotier.cli import ProjectOption, console, fail, state
+
+IN_PROCESS: dict[str, Any] = {"execution": {"config": {"in_process": {}}}}
+"""Run config: every step in the run's own process (one import instead of one per step)."""
+
+
+def run_config(config_json: str | None, in_process: bool) -> dict[str, Any]:
+    """The run config: ``config_json`` (a JSON object) plus in-process execution if asked.
+
+    Raises:
+        ValueError: ``config_json`` is not a JSON object.
+    """
+    config: dict[str, Any] = {}
+    if config_json:
+        try:
+            config = json.loads(config_json)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"--config-json is not valid JSON ({exc}): {config_json!r}") from None
+        if not isinstance(config, dict):
+            raise ValueError(f"--config-json must be a JSON object, got {config_json!r}")
+    if in_process and "execution" not in config:
+        config = {**config, **IN_PROCESS}
+    return config
 
 
 def materialize(
@@ -18,11 +41,41 @@ def materialize(
         str | None,
         typer.Option(help="Dagster asset selection (default: all assets of the project)."),
     ] = None,
+    partition_range: Annotated[
+        str | None,
+        typer.Option(
+            help="Training-set months FIRST...LAST, e.g. 1996-01-01...2018-09-01 "
+            "(default: every month from the partitions' start to now)."
+        ),
+    ] = None,
+    config_json: Annotated[
+        str | None,
+        typer.Option(
+            help='Run config as JSON, e.g. \'{"ops": {"movielens__tier2_ranker": '
+            '{"config": {"auc_floor": 0.6}}}}\'.'
+        ),
+    ] = None,
+    in_process: Annotated[
+        bool, typer.Option(help="Run every step in the run's process (faster locally).")
+    ] = True,
 ) -> None:
-    """Materialise assets through Dagster, recorded in the instance the Dagster UI shows."""
+    """Materialise assets through Dagster, recorded in the instance the Dagster UI shows.
+
+    One run covers the whole partition range (every asset has a single-run backfill
+    policy); blocking asset checks that fail stop the promotion and fail the run.
+    """
+    from twotier.pipelines.materialize import all_partitions
+
     settings = state.settings()
     project = project or settings.project
     selection = select or f"key:{project}/*"
+    if partition_range is None:
+        first, last = all_partitions()
+        partition_range = f"{first}...{last}"
+    try:
+        config = run_config(config_json, in_process)
+    except ValueError as exc:
+        raise fail(str(exc)) from None
     env = {**os.environ, **settings.to_env(), "DAGSTER_HOME": str(settings.dagster_home)}
     settings.dagster_home.mkdir(parents=True, exist_ok=True)
     command = [
@@ -35,13 +88,21 @@ def materialize(
         "twotier.pipelines.definitions",
         "--select",
         selection,
+        "--partition-range",
+        partition_range,
     ]
-    console.print(f"materialising [bold]{selection}[/bold] (DAGSTER_HOME={settings.dagster_home})")
+    if config:
+        command += ["--config-json", json.dumps(config)]
+    console.print(
+        f"materialising [bold]{selection}[/bold] over partitions {partition_range} "
+        f"(DAGSTER_HOME={settings.dagster_home})"
+    )
     rc = subprocess.run(command, env=env, check=False).returncode
     if rc != 0:
         raise fail(
             f"dagster: materialisation of {selection} failed (exit {rc}); see the run above "
-            f"and the Dagster UI at http://{settings.dagster.host}:{settings.dagster.port}"
+            f"and the Dagster UI at http://{settings.dagster.host}:{settings.dagster.port} "
+            "(a failed blocking check stops the promotion and fails the run)"
         )
     console.print(f"[green]materialised[/green] {selection}")
 

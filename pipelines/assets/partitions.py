@@ -25,7 +25,7 @@ DEFAULT_PARTITIONS_START = "1996-01-01"
 """The first month: MovieLens starts in 1996 (a project's own start belongs in config)."""
 
 warnings.filterwarnings(
-    "ignore", message=r"Parameter `backfill_policy` .* is currently in beta", category=dg.BetaWarning
+    "ignore", message=r"Parameter `backfill_policy` .* in beta", category=dg.BetaWarning
 )
 SINGLE_RUN = dg.BackfillPolicy.single_run()
 """Backfills of any number of partitions run as one run (``--partition-range``)."""

@@ -100,6 +100,12 @@ def test_backfill_of_two_partitions_then_a_rerun_replaces_rows(
     assert list(tier_two.columns[4:-1]) == spec.columns()
     assert set(tier_two["label"]) == {0, 1}
 
+    # Every month since 1996 in one run (single-run backfill; > 100 partitions per insert).
+    everything = materialize_project(parts_settings, PROJECT, selection=["training_set_tier1"])
+    meta = materialization_metadata(everything, PROJECT, "training_set_tier1")
+    assert isinstance(meta["partitions"], int) and meta["partitions"] > 300
+    assert meta["rows"] == RATINGS and meta["partitions_with_rows"] == 9  # March-November
+
 
 def test_group_sets_follow_the_shuffle_history(
     parts_settings: Settings, events: pd.DataFrame

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -38,3 +39,17 @@ def log_metrics(tracking_uri: str, run_id: str, metrics: Mapping[str, float]) ->
 def flat_params(params: Mapping[str, Any]) -> dict[str, Any]:
     """Parameters as MLflow takes them (None becomes the string ``None``)."""
     return {k: ("None" if v is None else v) for k, v in params.items()}
+
+
+class Stopwatch:
+    """Seconds spent in each named step, lap after lap (for metadata and the benchmark)."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self._last = time.perf_counter()
+
+    def lap(self, step: str) -> None:
+        """Record the time since the previous lap as ``step``."""
+        now = time.perf_counter()
+        self.seconds[step] = round(now - self._last, 3)
+        self._last = now

@@ -25,7 +25,7 @@ from twotier.pipelines.assets.keys import (
     group_name,
 )
 from twotier.pipelines.assets.models.gates import beats_popularity_gate, parity_gate
-from twotier.pipelines.assets.models.run_logging import flat_params, log_figures
+from twotier.pipelines.assets.models.run_logging import Stopwatch, flat_params, log_figures
 from twotier.pipelines.assets.outputs import RegisteredModel
 from twotier.pipelines.assets.partitions import SINGLE_RUN
 from twotier.pipelines.resources import MLflowResource, OfflineStoreResource
@@ -92,8 +92,10 @@ def make_tier_one_model(project: str) -> dg.AssetsDefinition:
         offline_store: OfflineStoreResource,
         mlflow: MLflowResource,
     ) -> Iterator[dg.Output[RegisteredModel] | dg.AssetCheckResult]:
+        watch = Stopwatch()
         with offline_store.open() as store:
             views = read_tier_one_set(store, project)
+        watch.lap("read")
         cutoff = holdout_cutoff(views["ts"], config.test_fraction)
         train = views[views["ts"] < cutoff]
         holdout = views[views["ts"] >= cutoff]
@@ -106,14 +108,18 @@ def make_tier_one_model(project: str) -> dg.AssetsDefinition:
             seed=config.seed,
         )
         model = train_tier_one(train, params)
+        watch.lap("train")
         graph = export_tier_one(model)
+        watch.lap("export_onnx")
         users = sorted(set(holdout["user_id"]))[: config.parity_users]
         # Raises ParityError (the asset fails, nothing is registered) beyond the tolerance.
         gap = check_tier_one_parity(model, graph, users, config.parity_tolerance)
+        watch.lap("parity")
         ks = sorted({k for k in CURVE_KS if k <= config.top_k} | {config.top_k})
         evaluation, curves = evaluate_tier_one(
             graph, train, holdout, ks=ks, max_users=config.eval_max_users, seed=config.seed
         )
+        watch.lap("evaluate")
         metrics = {
             **evaluation,
             "parity_max_abs_diff": gap,
@@ -153,6 +159,7 @@ def make_tier_one_model(project: str) -> dg.AssetsDefinition:
                 )
             },
         )
+        watch.lap("register")
         parity = parity_gate(gap, config.parity_tolerance)
         popular = beats_popularity_gate(evaluation, "tier_one", config.top_k, 10, 0.0)
         context.log.info(
@@ -177,6 +184,7 @@ def make_tier_one_model(project: str) -> dg.AssetsDefinition:
                 "run_id": run_id,
                 "cutoff_ts": cutoff,
                 "plots": plots,
+                "seconds": dg.MetadataValue.json(watch.seconds),
                 **{k: float(v) for k, v in metrics.items()},
             },
         )

@@ -23,7 +23,12 @@ from twotier.pipelines.assets.keys import (
     training_set_tier_two,
 )
 from twotier.pipelines.assets.models.gates import auc_gate, beats_popularity_gate, parity_gate
-from twotier.pipelines.assets.models.run_logging import flat_params, log_figures, log_metrics
+from twotier.pipelines.assets.models.run_logging import (
+    Stopwatch,
+    flat_params,
+    log_figures,
+    log_metrics,
+)
 from twotier.pipelines.assets.outputs import RegisteredModel
 from twotier.pipelines.assets.partitions import SINGLE_RUN
 from twotier.pipelines.assets.project import project_settings
@@ -116,10 +121,13 @@ def make_tier_two_model(project: str, features: ProjectFeatures, model: str) -> 
             learning_rate=config.learning_rate,
             random_state=config.random_state,
         )
+        watch = Stopwatch()
         with offline_store.open() as store:
             rows = read_tier_two_set(store, project, spec)
+            watch.lap("read")
             # Raises TierTwoError / ParityError before anything is registered.
             trained = train_tier_two_frame(rows, spec, cutoff, params, config.parity_tolerance)
+            watch.lap("train_export_onnx_parity")
             evaluation = evaluate_two_tiers(
                 store,
                 settings,
@@ -132,6 +140,7 @@ def make_tier_two_model(project: str, features: ProjectFeatures, model: str) -> 
                 max_users=config.eval_max_users,
                 seed=config.random_state,
             )
+        watch.lap("evaluate_two_tiers")
         holdout = rows[rows["ts"] >= cutoff]
         rounds, round_auc = auc_by_round(
             trained.native,
@@ -181,6 +190,7 @@ def make_tier_two_model(project: str, features: ProjectFeatures, model: str) -> 
             tier_one.run_id,
             {f"{model}.{k}": v for k, v in evaluation.items()},
         )
+        watch.lap("register_and_plots")
         parity = parity_gate(metrics["parity_max_abs_diff"], config.parity_tolerance)
         floor = auc_gate(metrics["auc"], config.auc_floor)
         popular = beats_popularity_gate(
@@ -209,6 +219,7 @@ def make_tier_two_model(project: str, features: ProjectFeatures, model: str) -> 
                 "cutoff_ts": cutoff,
                 "feature_columns": spec.columns(),
                 "plots": plots,
+                "seconds": dg.MetadataValue.json(watch.seconds),
                 **{k: float(v) for k, v in metrics.items()},
             },
         )

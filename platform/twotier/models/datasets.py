@@ -33,6 +33,9 @@ from twotier.offline_store.base import OfflineStore
 
 TIER_ONE_TABLE = "training_tier1"
 
+PARTITIONS_PER_INSERT = 50
+"""ClickHouse refuses one INSERT block spanning more than 100 partitions by default."""
+
 Window = tuple[str, int, int]
 """A partition: its key and its ``[start, end)`` in ms since the epoch."""
 
@@ -151,8 +154,10 @@ def replace_partitions(
     )
     for key in [] if present.empty else present["partition"].tolist():
         store.command(f"ALTER TABLE {table} DROP PARTITION {{p:String}}", {"p": str(key)})
-    if len(frame):
-        store.insert_frame(table, frame)
+    written = sorted(frame["partition"].unique()) if len(frame) else []
+    for start in range(0, len(written), PARTITIONS_PER_INSERT):
+        chunk = written[start : start + PARTITIONS_PER_INSERT]
+        store.insert_frame(table, frame[frame["partition"].isin(chunk)])
     counts = frame["partition"].value_counts() if len(frame) else pd.Series(dtype="int64")
     return {key: int(counts.get(key, 0)) for key in keys}
 
