@@ -169,3 +169,16 @@ def test_serving_resource_follows_settings() -> None:
     assert resource.url == settings.serving.url(settings.ray)
     assert resource.admin_token == settings.serving.admin_token.get_secret_value()
     assert resource.deploy_after_promotion is settings.pipelines.deploy_after_promotion
+
+
+def test_materialize_run_config_adds_in_process_execution() -> None:
+    from twotier.pipelines.cli import IN_PROCESS, run_config
+
+    assert run_config(None, True) == IN_PROCESS
+    assert run_config(None, False) == {}
+    ops = '{"ops": {"movielens__tier2_ranker": {"config": {"auc_floor": 0.6}}}}'
+    assert run_config(ops, True)["ops"]["movielens__tier2_ranker"]["config"]["auc_floor"] == 0.6
+    with pytest.raises(ValueError, match="not valid JSON"):
+        run_config("{nope", True)
+    with pytest.raises(ValueError, match="must be a JSON object"):
+        run_config("[1]", True)
