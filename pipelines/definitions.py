@@ -56,7 +56,11 @@ def make_definitions(settings: Settings, projects: Sequence[str] | None = None) 
     schedules: list[dg.ScheduleDefinition] = []
     sensors: list[dg.SensorDefinition] = []
     for project in names:
-        project_assets = make_project_assets(project)
+        project_assets = make_project_assets(
+            project,
+            settings.project_features(project),
+            partitions_start=settings.pipelines.partitions_start,
+        )
         retrain = make_retrain_job(project)
         deploy = make_deploy_streaming_job(project)
         assets += project_assets

@@ -18,7 +18,6 @@ from twotier.pipelines.assets.partitions import (
     range_tags,
     training_partitions,
 )
-from twotier.pipelines.assets.skeleton import make_skeleton_assets
 from twotier.pipelines.resources import make_resources
 
 
@@ -39,7 +38,7 @@ def materialize_project(
     instance: dg.DagsterInstance | None = None,
     resources: Mapping[str, object] | None = None,
     raise_on_error: bool = True,
-    partitions_start: str = DEFAULT_PARTITIONS_START,
+    partitions_start: str | None = None,
 ) -> dg.ExecuteInProcessResult:
     """Run the project's asset graph (or ``selection`` of it) in one in-process run.
 
@@ -55,11 +54,13 @@ def materialize_project(
         instance: The Dagster instance recording the run; an ephemeral one by default.
         resources: Replacements for some of ``make_resources(settings)``.
         raise_on_error: Raise when a step fails (False: inspect ``result.success``).
-        partitions_start: The first month of the partitions.
+        partitions_start: The first month of the partitions (default:
+            ``settings.pipelines.partitions_start``).
 
     Returns:
         The run result; ``materialization_metadata(result, project, "<asset>")`` reads one.
     """
+    partitions_start = partitions_start or settings.pipelines.partitions_start
     assets = make_project_assets(
         project, settings.project_features(project), partitions_start=partitions_start
     )
@@ -77,18 +78,6 @@ def materialize_project(
         partition_key=partition_key,
         selection=keys,
         raise_on_error=raise_on_error,
-    )
-
-
-def materialize_skeleton(
-    settings: Settings,
-    project: str = "movielens",
-    instance: dg.DagsterInstance | None = None,
-) -> dg.ExecuteInProcessResult:
-    """The walking skeleton (events → ``ranker_model``), kept for its tests; superseded by
-    ``materialize_project``."""
-    return dg.materialize(
-        make_skeleton_assets(project), resources=make_resources(settings), instance=instance
     )
 
 

@@ -164,6 +164,9 @@ class PipelinesConfig(_Section):
     retrain_cron: str = "0 * * * *"
     deploy_after_promotion: bool = True
     """After an alias moves, ask the serving layer to load the new version at once."""
+    partitions_start: str = Field("1996-01-01", pattern=r"^\d{4}-\d{2}-01$")
+    """First month (``YYYY-MM-01``) of the monthly training-set partitions; the default
+    suits MovieLens (1996-2018), a live feed sets the month its events start."""
     retrain_min_new_events: int = Field(1000, ge=1)
     """New offline events that make the new-data sensor request a retrain."""
     watchdog_growth_evaluations: int = Field(3, ge=1)
