@@ -20,6 +20,7 @@ It can be run again: the replay is skipped when the topic already holds the even
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import subprocess
 import sys
@@ -98,39 +99,120 @@ def _user_counters(settings: Settings, project: str, users: list[str]) -> dict[s
         return store.get_many(online_collection(project, group.key), users)
 
 
-def _score_for_user(settings: Settings, project: str, user: str) -> None:
-    from twotier.features import OnlineFeatures
-    from twotier.models.tier_one import TierOneSession
-    from twotier.registry import load_onnx_bytes, resolve
+def _titles(dataset: Path) -> dict[str, str]:
+    import csv
 
-    uri = settings.mlflow.uri
-    tier_one = model_name(project, "tier1", "candidates")
-    ref = resolve(uri, tier_one, "champion")
-    session = TierOneSession(load_onnx_bytes(uri, tier_one, ref.version))
-    candidates = session.candidates([user], k=10)[user]
-    console.print(f"tier one {tier_one} v{ref.version}@champion proposes {candidates}")
-    with OnlineFeatures(settings) as features:
-        matrix = features.matrix(project, "ranker", user, candidates)
-    url = f"http://{settings.ray.host}:{settings.ray.serve_port}/v1/{project}/score"
-    body = {"model": "ranker", "tier": "tier2", "alias": "champion", "rows": matrix.tolist()}
-    console.print(f"[cyan]POST {url}[/cyan] ({len(candidates)} candidate movies for user {user})")
-    response = httpx.post(url, json=body, timeout=60)
-    response.raise_for_status()
-    answer = response.json()
-    table = Table(title=f"user {user}: {answer['model']} v{answer['version']} @{answer['alias']}")
-    table.add_column("movie")
-    table.add_column("tier-one rank", justify="right")
-    table.add_column("P(smile)", justify="right")
-    ranked = sorted(
-        enumerate(zip(candidates, answer["scores"], strict=True)), key=lambda p: -p[1][1]
+    with open(dataset / "movies.csv", newline="", encoding="utf-8") as f:
+        return {row["movieId"]: row["title"] for row in csv.DictReader(f)}
+
+
+def _offline_metrics(settings: Settings, project: str, alias: str) -> dict[str, float]:
+    """Hold-out metrics logged with the tier-two version ``alias`` points at."""
+    from twotier.registry import client, resolve
+
+    ref = resolve(settings.mlflow.uri, model_name(project, "tier2", "ranker"), alias)
+    if ref.run_id is None:
+        return {}
+    return dict(client(settings.mlflow.uri).get_run(ref.run_id).data.metrics)
+
+
+def _metric(metrics: dict[str, float], name: str) -> str:
+    return f"{metrics[name]:.4f}" if name in metrics else "n/a"
+
+
+def _serve(settings: Settings) -> str:
+    return f"http://{settings.ray.host}:{settings.ray.serve_port}"
+
+
+def _recommend(settings: Settings, project: str, user: str, **extra: Any) -> dict[str, Any]:
+    response = httpx.post(
+        f"{_serve(settings)}/v1/{project}/recommend",
+        json={"user_id": user, "n": 5, **extra},
+        timeout=60,
     )
-    for rank, (item, score) in ranked:
-        table.add_row(item, str(rank + 1), f"{score:.3f}")
+    response.raise_for_status()
+    answer: dict[str, Any] = response.json()
+    return answer
+
+
+def _versions(answer: dict[str, Any]) -> str:
+    return ", ".join(f"{m['name']} v{m['version']}@{m['alias']}" for m in answer["models"])
+
+
+def _show_recommendations(
+    settings: Settings, project: str, users: list[str], titles: dict[str, str]
+) -> None:
+    metrics = _offline_metrics(settings, project, "champion")
+    table = Table(title="offline hold-out metrics of the champion vs popularity")
+    table.add_column("metric")
+    table.add_column("two tiers", justify="right")
+    table.add_column("popularity", justify="right")
+    for label, ours, baseline in (
+        ("NDCG@10", "two_tier_ndcg_at_10", "popularity_ndcg_at_10"),
+        ("Recall@100", "two_tier_recall_at_100", "popularity_recall_at_100"),
+    ):
+        table.add_row(label, _metric(metrics, ours), _metric(metrics, baseline))
+    table.add_row("tier-two AUC", _metric(metrics, "auc"), "0.5 (chance)")
+    console.print(table)
+    for user in users:
+        console.print(f"[cyan]POST {_serve(settings)}/v1/{project}/recommend[/cyan] user {user}")
+        answer = _recommend(settings, project, user)
+        ranked = Table(title=f"user {user}: {_versions(answer)}")
+        ranked.add_column("#", justify="right")
+        ranked.add_column("movie")
+        ranked.add_column("score", justify="right")
+        for rank, item in enumerate(answer["items"], 1):
+            title = titles.get(item["item_id"], item["item_id"])
+            ranked.add_row(str(rank), title, f"{item['score']:.3f}")
+        console.print(ranked)
+        console.print(
+            f"[dim]{answer['candidates']} tier-one candidates, {answer['seen_excluded']} seen "
+            "ones removed[/dim]"
+        )
+
+
+def _ab_side_by_side(settings: Settings, project: str, users: list[str]) -> None:
+    experiment = settings.project_features(project).experiments[0]
+    table = Table(title=f"A/B experiment {experiment.name}: who gets which models")
+    table.add_column("user")
+    table.add_column("group")
+    table.add_column("models served")
+    table.add_column("top item", justify="right")
+    for user in users:
+        answer = _recommend(settings, project, user)
+        top = answer["items"][0]["item_id"] if answer["items"] else "-"
+        table.add_row(user, str(answer.get("group")), _versions(answer), top)
     console.print(table)
 
 
+def _hot_swap(settings: Settings, project: str, user: str) -> None:
+    from twotier.registry import resolve
+
+    name = model_name(project, "tier2", "ranker")
+    challenger = resolve(settings.mlflow.uri, name, "challenger").version
+    url = f"{_serve(settings)}/v1/admin/models"
+    body = {
+        "project": project,
+        "tier": "tier2",
+        "model": "ranker",
+        "alias": "champion",
+        "version": challenger,
+    }
+    console.print(f"[cyan]POST {url}[/cyan] {body}")
+    token = settings.serving.admin_token.get_secret_value()
+    response = httpx.post(url, json=body, headers={"Authorization": f"Bearer {token}"}, timeout=60)
+    response.raise_for_status()
+    swap = response.json()
+    console.print(
+        f"{swap['name']}@champion: v{swap['previous_version']} → v{swap['version']} on "
+        f"{swap['replicas']} replica(s) in {swap['seconds']:.2f} s"
+    )
+    answer = _recommend(settings, project, user, group="control")
+    console.print(f"user {user} (control group) is now served {_versions(answer)}")
+
+
 def run(settings: Settings, project: str, dataset: Path, limit: int) -> None:
-    """Run the skeleton end to end against the local stack of ``settings``."""
+    """Run the main job end to end against the local stack of ``settings``."""
     _step(1, "Start the local stack", "Real services on 127.0.0.1, downloads cached.")
     _twotier("up")
 
@@ -159,18 +241,36 @@ def run(settings: Settings, project: str, dataset: Path, limit: int) -> None:
     )
     _twotier("materialize", "--project", project)
 
-    ranker = model_name(project, "tier2", "ranker")
-    _step(5, "Ray Serve: deploy", f"Pulls models:/{ranker}@champion (and tier one) by alias.")
+    _step(5, "Ray Serve", "The app pulls both tiers' champions from MLflow by alias.")
     _twotier("deploy")
 
-    _step(6, "Both tiers", "Tier-one candidates, scored by tier two over HTTP (online features).")
-    user = next((u for u in users if counters.get(u)), users[0])
-    _score_for_user(settings, project, user)
+    _step(6, "Recommendations", "Tier one proposes, tier two ranks, seen movies are dropped.")
+    titles = _titles(dataset)
+    _show_recommendations(settings, project, users, titles)
+
+    _step(
+        7,
+        "A challenger and an A/B experiment",
+        "A bigger tier-two ranker is trained and promoted to the alias `challenger`; the "
+        "experiment's treatment group is served it, the control group the champion.",
+    )
+    challenger = {
+        "ops": {
+            f"{project}__tier2_ranker": {"config": {"n_estimators": 120, "max_depth": 6}},
+            f"{project}__promotion": {"config": {"alias": "challenger"}},
+        }
+    }
+    _twotier("materialize", "--project", project, "--config-json", json.dumps(challenger))
+    more_users = _first_users(dataset, limit, 8)
+    _ab_side_by_side(settings, project, more_users)
+
+    _step(8, "Hot swap", "One HTTP request moves `champion` to the challenger's version.")
+    _hot_swap(settings, project, users[0])
 
     console.rule("[bold green]demo finished")
     console.print(f"Dagster UI:  http://{settings.dagster.host}:{settings.dagster.port}")
     console.print(f"MLflow UI:   {settings.mlflow.uri}")
-    console.print(f"Serving API: http://{settings.ray.host}:{settings.ray.serve_port}/docs")
+    console.print(f"Serving API: {_serve(settings)}/docs")
     console.print("Stop everything with `make down` (or `twotier down`).")
 
 

@@ -70,7 +70,7 @@ def materialize(
     project = project or settings.project
     selection = select or f"key:{project}/*"
     if partition_range is None:
-        first, last = all_partitions()
+        first, last = all_partitions(settings.pipelines.partitions_start)
         partition_range = f"{first}...{last}"
     try:
         config = run_config(config_json, in_process)

@@ -157,7 +157,9 @@ def test_project_graph_keys_checks_and_pools() -> None:
     for asset in assets:
         if "offline_store" in asset.required_resource_keys:
             assert asset.op.pool == "offline_store", asset
-    plain = make_project_assets("movielens", MOVIELENS)  # no experiments: no group sets
+    plain = make_project_assets(  # no experiments: no group sets
+        "movielens", MOVIELENS.model_copy(update={"experiments": ()})
+    )
     assert len(plain) == len(assets) - 1
     with pytest.raises(ValueError, match="invalid project name"):
         make_project_assets("Bad-Name", MOVIELENS)

@@ -54,6 +54,18 @@ MOVIELENS: dict[str, Any] = {
     "models": [
         {"name": "ranker", "tier": "tier2", "feature_groups": ["user_stats", "item_stats"]},
     ],
+    # The demo's A/B test: half the users get the champion, half the challenger (a group
+    # whose alias does not exist yet is served the champion until it does).
+    "experiments": [
+        {
+            "name": "ranker_ab",
+            "salt": "movielens-ranker-ab",
+            "groups": [
+                {"name": "control", "share": 0.5, "alias": "champion"},
+                {"name": "treatment", "share": 0.5, "alias": "challenger"},
+            ],
+        }
+    ],
 }
 for _group in MOVIELENS["feature_groups"]:
     _group["features"].append(_MEAN_RATING)
