@@ -1,13 +1,13 @@
-"""The walking skeleton end to end, as `make demo` runs it, against the test stack.
+"""The main job end to end, as `make demo` runs it, against the test stack.
 
 Kafka → Spark → FerretDB; Kafka → Dagster asset graph (chdb, training sets, tier one and tier
-two as ONNX, MLflow, checks, promotion of both tiers) → Ray Serve → HTTP. Then the UIs' own
-APIs must show the run, both models with their alias and the assets.
+two as ONNX, MLflow, checks, promotion of both tiers) → Ray Serve → /recommend over HTTP; a
+challenger, the A/B experiment and a hot swap. Then the UIs' own APIs must show the runs,
+both models with their aliases and the assets.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -21,7 +21,7 @@ from twotier.infra.service import Service
 from twotier.naming import model_name, online_collection
 from twotier.online_store import connect
 
-PROJECT = "skeleton_e2e"
+PROJECT = "demo_e2e"
 LIMIT = 5000
 
 
@@ -57,12 +57,16 @@ def demo_run(
     )
 
 
-def test_demo_finishes_with_a_scored_http_response(
+def test_demo_finishes_with_recommendations_an_experiment_and_a_swap(
     demo_run: subprocess.CompletedProcess[str],
 ) -> None:
-    assert demo_run.returncode == 0, demo_run.stdout[-3000:] + demo_run.stderr[-3000:]
-    assert "demo finished" in demo_run.stdout
-    assert "P(smile)" in demo_run.stdout
+    out = demo_run.stdout
+    assert demo_run.returncode == 0, out[-3000:] + demo_run.stderr[-3000:]
+    assert "demo finished" in out
+    assert "offline hold-out metrics of the champion vs popularity" in out
+    assert "A/B experiment ranker_ab" in out
+    assert "control" in out and "treatment" in out
+    assert "@champion: v" in out  # the hot swap's answer
 
 
 def test_streaming_job_wrote_exact_counters(
@@ -120,22 +124,24 @@ def test_mlflow_shows_both_tiers_with_their_alias_and_run(
     assert httpx.get(base).status_code == 200  # the UI itself loads
 
 
-def test_serving_answers_with_the_champion_version(
+def test_after_the_swap_champion_is_the_challenger_and_serving_uses_it(
     demo_run: subprocess.CompletedProcess[str], settings: Settings
 ) -> None:
     name = model_name(PROJECT, "tier2", "ranker")
-    champion = httpx.get(
-        f"{settings.mlflow.uri}/api/2.0/mlflow/registered-models/alias",
-        params={"name": name, "alias": "champion"},
-    ).json()["model_version"]
-    tags = {t["key"]: t["value"] for t in champion.get("tags", [])}
-    n = len(json.loads(tags["twotier.feature_names"]))
-    url = f"http://{settings.ray.host}:{settings.ray.serve_port}/v1/{PROJECT}/score"
-    answer = httpx.post(url, json={"rows": [[1.0] * n, [50.0] * n]}, timeout=60)
+    aliases = {
+        a["alias"]: a["version"]
+        for a in httpx.get(
+            f"{settings.mlflow.uri}/api/2.0/mlflow/registered-models/get", params={"name": name}
+        ).json()["registered_model"]["aliases"]
+    }
+    assert aliases["champion"] == aliases["challenger"]
+    url = f"http://{settings.ray.host}:{settings.ray.serve_port}/v1/{PROJECT}/recommend"
+    answer = httpx.post(url, json={"user_id": "1", "n": 5, "group": "control"}, timeout=60)
     assert answer.status_code == 200, answer.text
     body = answer.json()
-    assert body["model"] == name and str(body["version"]) == str(champion["version"])
-    assert len(body["scores"]) == 2 and all(0.0 <= s <= 1.0 for s in body["scores"])
+    used = {m["name"]: m["version"] for m in body["models"]}
+    assert used[name] == aliases["champion"]
+    assert body["group"] == "control" and len(body["items"]) == 5
 
 
 def test_dagster_shows_the_assets_and_the_run(
