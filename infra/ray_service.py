@@ -87,9 +87,12 @@ def init_ray(settings: Settings, **kwargs: Any) -> Any:
 
 
 def start_serve(settings: Settings) -> None:
-    """Start Ray Serve detached on the running head, HTTP on ``ray.host:serve_port``.
+    """Start Ray Serve detached on the running head, HTTP on ``ray.host:serve_port``, then
+    deploy the serving application (``twotier.serve_apps``) unless
+    ``serving.deploy_on_up`` is off.
 
-    Idempotent: an already running Serve instance is kept as it is.
+    Idempotent: an already running Serve instance is kept as it is, and deploying again
+    updates the application in place.
     """
     from ray import serve
 
@@ -98,6 +101,18 @@ def start_serve(settings: Settings) -> None:
         detached=True,
         http_options={"host": settings.ray.host, "port": settings.ray.serve_port},
     )
+    if settings.serving.deploy_on_up:
+        from twotier.serve_apps.deploy import deploy
+
+        deploy(settings, lambda line: print(line, flush=True))
+
+
+def serving_app_healthy(settings: Settings) -> bool:
+    """The serving application answers ``/healthz`` (it is deployed and running)."""
+    try:
+        return httpx.get(f"{serve_url(settings)}/healthz", timeout=2.0).status_code == 200
+    except httpx.HTTPError:
+        return False
 
 
 class RayService(Service):
@@ -206,8 +221,9 @@ class RayService(Service):
         """Wait for the head, start Serve on it if needed, then wait for the proxy."""
         deadline = time.monotonic() + self.settings.stack.start_timeout_s
         self._wait_until(self.head_ready, deadline, "the GCS did not open its port")
-        if not self.serve_healthy():
-            progress(f"{self.name}: starting Ray Serve on {self.endpoint}")
+        app_missing = self.settings.serving.deploy_on_up and not serving_app_healthy(self.settings)
+        if not self.serve_healthy() or app_missing:
+            progress(f"{self.name}: starting Ray Serve and the serving app on {self.endpoint}")
             self._start_serve(deadline)
         self._wait_until(self.serve_healthy, deadline, "the Serve proxy did not answer")
         progress(f"{self.name}: healthy at {self.endpoint} (GCS {ray_address(self.settings)})")

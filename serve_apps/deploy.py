@@ -1,4 +1,4 @@
-"""Deploying the scoring application onto a running Ray cluster, and scoring over HTTP."""
+"""Deploying the serving application onto a running Ray cluster, and calling it over HTTP."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import httpx
+from pydantic import BaseModel, SecretStr
 
 from twotier.config import Settings
 from twotier.errors import TwotierError
@@ -30,22 +31,44 @@ def serve_url(settings: Settings) -> str:
     return f"http://{settings.ray.host}:{settings.ray.serve_port}"
 
 
+def settings_overrides(settings: Settings) -> dict[str, Any]:
+    """``settings`` as overrides a replica rebuilds them from exactly (secrets included)."""
+    dumped: dict[str, Any] = settings.model_dump(mode="json")
+    for field in type(settings).model_fields:
+        section = getattr(settings, field)
+        if isinstance(section, BaseModel):
+            for sub in type(section).model_fields:
+                value = getattr(section, sub)
+                if isinstance(value, SecretStr):
+                    dumped[field][sub] = value.get_secret_value()
+    return dumped
+
+
 def deploy(
     settings: Settings,
     progress: Progress = _quiet,
     *,
-    alias_cache_ttl_s: float = 5.0,
-    max_models_per_replica: int = 4,
-    timeout_s: float = 120.0,
+    options: dict[str, dict[str, Any]] | None = None,
+    log_recommendations: bool = True,
+    timeout_s: float = 180.0,
 ) -> None:
-    """Deploy (or update in place) the scoring application on the running Ray cluster.
+    """Deploy (or update in place) the serving application on the running Ray cluster.
 
     Joins the cluster at ``settings.ray.address`` or the local head's GCS (through
     ``twotier.infra.ray_service.init_ray``, which keeps the driver on loopback), makes
     sure Serve's HTTP proxy listens on ``settings.ray.host:settings.ray.serve_port``,
-    runs the app ``twotier`` at route prefix ``/`` against the MLflow registry at
-    ``settings.mlflow.uri`` and waits until ``/healthz`` answers. Disconnects afterwards
-    if it connected; the app keeps running in the cluster.
+    runs the app ``twotier`` at route prefix ``/`` with exactly these settings and waits
+    until ``/healthz`` answers. Disconnects afterwards if it connected; the app keeps
+    running in the cluster.
+
+    Args:
+        settings: The stack; replicas get all of it (registry, stores, Kafka, serving).
+        progress: Receives one line per step.
+        options: Serve deployment options by deployment name (``Ingress``,
+            ``ModelDirectory``, ``TierOneHost``, ``TierTwoHost``), e.g.
+            ``{"TierTwoHost": {"num_replicas": 2}}``.
+        log_recommendations: Send served recommendations to Kafka.
+        timeout_s: How long to wait for the app to become healthy.
 
     Raises:
         ServingError: Ray is not reachable, or the app did not become healthy in time.
@@ -53,9 +76,9 @@ def deploy(
     import ray
     from ray import serve
 
-    # Deploying is a stack operation; the scoring app itself never imports infra.
+    # Deploying is a stack operation; the serving app itself never imports infra.
     from twotier.infra.ray_service import init_ray, ray_address
-    from twotier.serve_apps.scoring import ScoringArgs, build_app
+    from twotier.serve_apps.app import ServingArgs, build
 
     address = ray_address(settings)
     connected_here = not ray.is_initialized()
@@ -73,13 +96,11 @@ def deploy(
             http_options={"host": settings.ray.host, "port": settings.ray.serve_port},
             proxy_location="HeadOnly",
         )
-        args = ScoringArgs(
-            tracking_uri=settings.mlflow.uri,
-            alias_cache_ttl_s=alias_cache_ttl_s,
-            max_models_per_replica=max_models_per_replica,
+        args = ServingArgs(
+            settings=settings_overrides(settings), log_recommendations=log_recommendations
         )
-        progress(f"serving: deploying app {APP_NAME!r} (registry {args.tracking_uri})")
-        serve.run(build_app(args), name=APP_NAME, route_prefix="/", blocking=False)
+        progress(f"serving: deploying app {APP_NAME!r} (registry {settings.mlflow.uri})")
+        serve.run(build(args, options), name=APP_NAME, route_prefix="/", blocking=False)
         wait_healthy(settings, timeout_s)
         progress(f"serving: healthy at {serve_url(settings)}")
     finally:
@@ -155,3 +176,81 @@ def score_over_http(
         )
     result: dict[str, Any] = response.json()
     return result
+
+
+def _post(
+    settings: Settings,
+    path: str,
+    body: dict[str, Any],
+    headers: dict[str, str],
+    what: str,
+    timeout_s: float,
+) -> dict[str, Any]:
+    url = f"{serve_url(settings)}{path}"
+    try:
+        response = httpx.post(url, json=body, headers=headers, timeout=timeout_s)
+    except httpx.HTTPError as exc:
+        raise ServingError(
+            f"cannot reach the serving app at {url}: {exc}. Fix: `twotier up` (or `twotier deploy`)"
+        ) from exc
+    if response.status_code != 200:
+        try:
+            detail = response.json().get("detail", response.text)
+        except ValueError:
+            detail = response.text
+        raise ServingError(f"{what} failed: HTTP {response.status_code}: {detail}")
+    result: dict[str, Any] = response.json()
+    return result
+
+
+def recommend_over_http(
+    settings: Settings,
+    project: str,
+    user_id: str,
+    n: int = 10,
+    timeout_s: float = 30.0,
+    **body: Any,
+) -> dict[str, Any]:
+    """POST ``/v1/{project}/recommend`` for one user; extra keyword arguments go in the body.
+
+    Raises:
+        ServingError: The app is unreachable or answered with an error (its detail included).
+    """
+    return _post(
+        settings,
+        f"/v1/{project}/recommend",
+        {"user_id": user_id, "n": n, **body},
+        {},
+        f"recommending for user {user_id!r} of {project}",
+        timeout_s,
+    )
+
+
+def move_serving_alias(
+    settings: Settings,
+    project: str,
+    tier: str,
+    model: str,
+    alias: str = "champion",
+    version: str | None = None,
+    timeout_s: float = 30.0,
+) -> dict[str, Any]:
+    """``POST /v1/admin/models``: move (or, without ``version``, re-resolve) an alias.
+
+    Returns once every serving replica serves the version:
+    ``{"name", "alias", "version", "previous_version", "replicas", "seconds"}``.
+
+    Raises:
+        ServingError: Unreachable, a wrong token, an unknown model/alias/version, or
+            replicas that did not confirm in time; the message carries the app's detail.
+    """
+    token = settings.serving.admin_token.get_secret_value()
+    body = {"project": project, "tier": tier, "model": model, "alias": alias, "version": version}
+    return _post(
+        settings,
+        "/v1/admin/models",
+        body,
+        {"Authorization": f"Bearer {token}"},
+        f"moving {project}.{tier}.{model}@{alias} to {version or 'its registry version'}",
+        timeout_s,
+    )

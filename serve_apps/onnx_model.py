@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -64,19 +65,25 @@ class OnnxModel:
     """A binary classifier or regressor exported to ONNX, scoring one matrix at a time.
 
     Args:
-        onnx_bytes: The serialized ONNX graph.
+        onnx_bytes: The serialized ONNX graph, or the path of an ``.onnx`` file (tensors
+            saved as ONNX external data are read from beside it: the only way to open a
+            model over protobuf's 2 GB limit).
         feature_names: The ordered input columns; empty means "take the count from the graph".
         model_id: A name for messages, e.g. ``movielens.tier2.ranker/3``.
     """
 
     def __init__(
-        self, onnx_bytes: bytes, feature_names: Sequence[str] = (), model_id: str = "model"
+        self,
+        onnx_bytes: bytes | str | Path,
+        feature_names: Sequence[str] = (),
+        model_id: str = "model",
     ) -> None:
         options = ort.SessionOptions()
         options.intra_op_num_threads = 1
         options.inter_op_num_threads = 1
+        source = str(onnx_bytes) if isinstance(onnx_bytes, Path) else onnx_bytes
         self.session = ort.InferenceSession(
-            onnx_bytes, sess_options=options, providers=["CPUExecutionProvider"]
+            source, sess_options=options, providers=["CPUExecutionProvider"]
         )
         self.model_id = model_id
         self.feature_names: tuple[str, ...] = tuple(feature_names)

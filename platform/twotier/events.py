@@ -16,8 +16,17 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
-KNOWN_ACTIONS: tuple[str, ...] = ("view", "smile", "dislike", "comment", "share", "rating")
-"""Actions the demo projects emit; projects may send others (any non-empty name)."""
+KNOWN_ACTIONS: tuple[str, ...] = (
+    "view",
+    "smile",
+    "dislike",
+    "comment",
+    "share",
+    "rating",
+    "recommendation",
+)
+"""Actions the demo projects emit, plus ``recommendation`` (one item served by
+``/recommend``, logged by serving); projects may send others (any non-empty name)."""
 
 NonEmpty = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=256)]
 

@@ -1,0 +1,118 @@
+"""Which experiment group a request belongs to and which alias each tier is served.
+
+The group comes from ``twotier.experiments.assign`` (the function training uses too), so
+the cohort a user was trained in is the cohort it is served in. Debug overrides in the
+request may name another experiment, force a group, or force an alias.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from twotier.experiments import Experiment, assign
+from twotier.features.spec import ProjectFeatures
+
+CHAMPION = "champion"
+TIER_ONE_MODEL = "candidates"
+
+
+class RouteNotFound(LookupError):
+    """An experiment, group or model named in a request does not exist; 404."""
+
+
+@dataclass(frozen=True)
+class Route:
+    """The experiment group of one request and the alias both tiers are asked for.
+
+    Attributes:
+        experiment: The experiment name, or None if the project runs none.
+        group: The user's group (assigned or forced), or None.
+        alias: The alias to serve (the group's, an override, or ``champion``).
+        explicit_alias: The alias was forced in the request: no fallback to champion.
+    """
+
+    experiment: str | None
+    group: str | None
+    alias: str
+    explicit_alias: bool = False
+
+
+def route(
+    project: str,
+    features: ProjectFeatures,
+    user_id: str,
+    experiment: str | None = None,
+    group: str | None = None,
+    alias: str | None = None,
+) -> Route:
+    """The route of one request.
+
+    Args:
+        project: The project (part of the assignment hash).
+        features: The project's declaration (its experiments).
+        user_id: The user.
+        experiment: Override: the experiment to assign in (default: the project's first).
+        group: Override: the group to serve, skipping the assignment.
+        alias: Override: the alias to serve both tiers, skipping the group's.
+
+    Raises:
+        RouteNotFound: The experiment or group does not exist.
+    """
+    chosen: Experiment | None = None
+    if experiment is not None:
+        chosen = next((e for e in features.experiments if e.name == experiment), None)
+        if chosen is None:
+            raise RouteNotFound(
+                f"project {project!r} has no experiment {experiment!r} "
+                f"(declared: {[e.name for e in features.experiments]})"
+            )
+    elif features.experiments:
+        chosen = features.experiments[0]
+    if chosen is None:
+        if group is not None:
+            raise RouteNotFound(
+                f"project {project!r} runs no experiment, so there is no group {group!r}; "
+                "declare one under projects.<name>.experiments"
+            )
+        return Route(None, None, alias or CHAMPION, alias is not None)
+    if group is None:
+        group = assign(project, chosen, user_id)
+    elif group not in {g.name for g in chosen.groups}:
+        raise RouteNotFound(
+            f"experiment {chosen.name!r} of project {project!r} has no group {group!r} "
+            f"(groups: {[g.name for g in chosen.groups]})"
+        )
+    served = alias or chosen.group(group).alias
+    return Route(chosen.name, group, served, alias is not None)
+
+
+def tier_two_model(project: str, features: ProjectFeatures, model: str | None) -> str:
+    """The tier-two model to serve: ``model`` if declared, else the project's first one.
+
+    Raises:
+        RouteNotFound: The model is not a tier-two model of the project, or it has none.
+    """
+    declared = [m.name for m in features.models if m.tier == "tier2"]
+    if model is None:
+        if not declared:
+            raise RouteNotFound(f"project {project!r} declares no tier-two model")
+        return declared[0]
+    if model not in declared:
+        raise RouteNotFound(
+            f"project {project!r} has no tier-two model {model!r} (declared: {declared})"
+        )
+    return model
+
+
+def check_model(project: str, features: ProjectFeatures, tier: str, model: str) -> None:
+    """Raise ``RouteNotFound`` unless ``<project>.<tier>.<model>`` is a model of the project."""
+    if tier == "tier1":
+        if model != TIER_ONE_MODEL:
+            raise RouteNotFound(
+                f"project {project!r} has one tier-one model, {TIER_ONE_MODEL!r}, not {model!r}"
+            )
+        return
+    if tier == "tier2":
+        tier_two_model(project, features, model)
+        return
+    raise RouteNotFound(f"unknown tier {tier!r}: use tier1 or tier2")
