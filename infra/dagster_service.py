@@ -7,7 +7,12 @@ concurrency pools, with pool ``offline_store`` limited to one op at a time becau
 embedded ClickHouse engine allows one process per data path.
 
 Both processes run under ``twotier.infra.dagster_supervisor`` in one process group, so
-``stop`` takes the webserver, the daemon, their code servers and any launched run.
+``stop`` takes the webserver, the daemon, their code servers and any launched run. The
+supervisor restarts a crashed webserver or daemon with a back-off (the other keeps
+running) and gives up, taking the service down, only on a crash loop; its log lines
+(``supervisor: dagster-daemon (pid N) exited with -9 ...; restarting it in 1 s``) go to
+``<data_dir>/logs/dagster.log``. Runs queued while the daemon is down start once it is
+back; the heartbeats in ``daemon_statuses`` show when it is.
 """
 
 from __future__ import annotations
@@ -34,6 +39,11 @@ _HEALTH_QUERY = """
   version
   instance { daemonHealth { allDaemonStatuses { daemonType required healthy } } }
 }
+"""
+
+
+_HEARTBEAT_QUERY = """
+{ instance { daemonHealth { allDaemonStatuses { daemonType required lastHeartbeatTime } } } }
 """
 
 
@@ -142,6 +152,22 @@ class DagsterService(Service):
         response.raise_for_status()
         statuses = response.json()["data"]["instance"]["daemonHealth"]["allDaemonStatuses"]
         return {s["daemonType"]: bool(s["healthy"]) for s in statuses if s["required"]}
+
+    def daemon_heartbeats(self) -> dict[str, float | None]:
+        """Last heartbeat (Unix seconds) of each required daemon, from the webserver.
+
+        Dagster reports a daemon healthy for a long tolerance after its last heartbeat,
+        so a heartbeat newer than a crash is what shows a restarted daemon is back.
+
+        Raises:
+            httpx.HTTPError: The webserver does not answer.
+        """
+        response = httpx.post(
+            f"{self.endpoint}/graphql", json={"query": _HEARTBEAT_QUERY}, timeout=5.0
+        )
+        response.raise_for_status()
+        statuses = response.json()["data"]["instance"]["daemonHealth"]["allDaemonStatuses"]
+        return {s["daemonType"]: s["lastHeartbeatTime"] for s in statuses if s["required"]}
 
     def healthy(self) -> bool:
         """The webserver answers GraphQL and every required daemon heartbeats."""

@@ -8,6 +8,7 @@ that serving can build exactly the training layout.
 from __future__ import annotations
 
 import json
+import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +18,9 @@ import mlflow
 import onnx
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
+from requests.exceptions import RequestException
 
+from twotier.errors import TwotierError
 from twotier.features.spec import ModelFeatureSpec
 
 FEATURES_TAG = "twotier.feature_names"
@@ -25,9 +28,49 @@ SPEC_ARTIFACT = "model_features.json"
 """Run artifact holding the ``ModelFeatureSpec`` of a tier-two model (JSON)."""
 ONNX_FILE = "model.onnx"
 
+HTTP_DEFAULTS: dict[str, str] = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
+}
+"""MLflow client retry and timeout defaults of every process that imports the registry.
+
+MLflow's own (7 retries, back-off factor 2, 120 s timeout) keep one request to a dead
+server retrying for about four minutes, so a training run looks hung. With these, a
+request to a server that is down fails after about 6 s (retries after 0, 2 and 4 s plus
+jitter), and one to a server that stopped answering after at most 4 x 30 s plus those.
+Values already in the environment win, so a deployment can tune them (MLflow reads them
+per request).
+"""
+for _name, _value in HTTP_DEFAULTS.items():
+    os.environ.setdefault(_name, _value)
+
 
 class ModelNotFound(LookupError):
     """A registered model, version or alias does not exist."""
+
+
+class RegistryUnreachable(TwotierError):
+    """The MLflow server did not answer (down, or not answering in time) after its retries."""
+
+
+def _unreachable(exc: BaseException) -> bool:
+    """Whether ``exc`` (an MLflow error) was caused by the network, not by the request."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, RequestException | ConnectionError | TimeoutError):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def _unreachable_error(tracking_uri: str, action: str, exc: BaseException) -> RegistryUnreachable:
+    cause = str(exc).splitlines()[0][:300]
+    return RegistryUnreachable(
+        f"MLflow registry at {tracking_uri} did not answer while {action}: {cause}. Fix: "
+        "start the MLflow server (`twotier up`) or point mlflow.uri at a running one, then "
+        "retry; MLFLOW_HTTP_REQUEST_MAX_RETRIES / _TIMEOUT bound how long each call waits"
+    )
 
 
 @dataclass(frozen=True)
@@ -83,32 +126,51 @@ def register_onnx(
 
     Returns:
         The new version.
+
+    Raises:
+        RegistryUnreachable: The MLflow server did not answer within the client's retries
+            (``HTTP_DEFAULTS``); the run of this call, if it was created, stays unfinished.
     """
-    mlflow.set_tracking_uri(tracking_uri)
-    mlflow.set_registry_uri(tracking_uri)
-    mlflow.set_experiment(experiment)
-    with mlflow.start_run() as run:
-        if params:
-            mlflow.log_params(params)
-        if metrics:
-            mlflow.log_metrics(metrics)
-        mlflow.log_dict({"feature_names": feature_names}, "feature_spec.json")
-        if spec is not None:
-            mlflow.log_dict(spec.model_dump(mode="json"), SPEC_ARTIFACT)
-        info = mlflow.onnx.log_model(onnx_model, name="model", registered_model_name=name)
-    c = client(tracking_uri)
-    version = str(info.registered_model_version)
-    c.set_model_version_tag(name, version, FEATURES_TAG, json.dumps(feature_names))
-    for key, value in (tags or {}).items():
-        c.set_model_version_tag(name, version, key, value)
-    if alias:
-        c.set_registered_model_alias(name, alias, version)
+    try:
+        mlflow.set_tracking_uri(tracking_uri)
+        mlflow.set_registry_uri(tracking_uri)
+        mlflow.set_experiment(experiment)
+        with mlflow.start_run() as run:
+            if params:
+                mlflow.log_params(params)
+            if metrics:
+                mlflow.log_metrics(metrics)
+            mlflow.log_dict({"feature_names": feature_names}, "feature_spec.json")
+            if spec is not None:
+                mlflow.log_dict(spec.model_dump(mode="json"), SPEC_ARTIFACT)
+            info = mlflow.onnx.log_model(onnx_model, name="model", registered_model_name=name)
+        c = client(tracking_uri)
+        version = str(info.registered_model_version)
+        c.set_model_version_tag(name, version, FEATURES_TAG, json.dumps(feature_names))
+        for key, value in (tags or {}).items():
+            c.set_model_version_tag(name, version, key, value)
+        if alias:
+            c.set_registered_model_alias(name, alias, version)
+    except (MlflowException, RequestException, OSError) as exc:
+        if _unreachable(exc):
+            raise _unreachable_error(tracking_uri, f"registering {name!r}", exc) from exc
+        raise
     return ModelVersionRef(name, version, run.info.run_id, tuple(feature_names))
 
 
 def set_alias(tracking_uri: str, name: str, alias: str, version: str | int) -> None:
-    """Point ``alias`` of model ``name`` at ``version`` (the promotion step)."""
-    client(tracking_uri).set_registered_model_alias(name, alias, str(version))
+    """Point ``alias`` of model ``name`` at ``version`` (the promotion step).
+
+    Raises:
+        RegistryUnreachable: The MLflow server did not answer within the client's retries.
+    """
+    try:
+        client(tracking_uri).set_registered_model_alias(name, alias, str(version))
+    except (MlflowException, RequestException, OSError) as exc:
+        if _unreachable(exc):
+            action = f"moving {name}@{alias} to version {version}"
+            raise _unreachable_error(tracking_uri, action, exc) from exc
+        raise
 
 
 # -- resolution -----------------------------------------------------------------
@@ -129,6 +191,9 @@ def resolve(tracking_uri: str, name: str, alias: str) -> ModelVersionRef:
     try:
         mv = client(tracking_uri).get_model_version_by_alias(name, alias)
     except MlflowException as exc:
+        if _unreachable(exc):  # same type as before (callers tell outages by the cause)
+            action = f"resolving {name}@{alias}"
+            raise ModelNotFound(str(_unreachable_error(tracking_uri, action, exc))) from exc
         raise ModelNotFound(f"model {name!r} has no alias {alias!r} in {tracking_uri}") from exc
     return _ref(mv)
 
@@ -142,6 +207,9 @@ def get_version(tracking_uri: str, name: str, version: str | int) -> ModelVersio
     try:
         mv = client(tracking_uri).get_model_version(name, str(version))
     except MlflowException as exc:
+        if _unreachable(exc):
+            action = f"reading version {name}/{version}"
+            raise ModelNotFound(str(_unreachable_error(tracking_uri, action, exc))) from exc
         raise ModelNotFound(f"model {name!r} has no version {version} in {tracking_uri}") from exc
     return _ref(mv)
 
