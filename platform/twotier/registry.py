@@ -143,7 +143,11 @@ def register_onnx(
             mlflow.log_dict({"feature_names": feature_names}, "feature_spec.json")
             if spec is not None:
                 mlflow.log_dict(spec.model_dump(mode="json"), SPEC_ARTIFACT)
-            info = mlflow.onnx.log_model(onnx_model, name="model", registered_model_name=name)
+            # log_model moves large initializers to external data in the proto it is given;
+            # hand it a copy so the caller's model stays whole.
+            logged = onnx.ModelProto()
+            logged.CopyFrom(onnx_model)
+            info = mlflow.onnx.log_model(logged, name="model", registered_model_name=name)
         c = client(tracking_uri)
         version = str(info.registered_model_version)
         c.set_model_version_tag(name, version, FEATURES_TAG, json.dumps(feature_names))
@@ -215,7 +219,12 @@ def get_version(tracking_uri: str, name: str, version: str | int) -> ModelVersio
 
 
 def load_onnx_bytes(tracking_uri: str, name: str, version: str | int) -> bytes:
-    """Download the ONNX graph of ``name/version`` and return its serialized bytes."""
+    """Download ``name/version`` and return the whole ONNX graph as one byte string.
+
+    ``mlflow.onnx`` stores large tensors as external data files beside ``model.onnx``;
+    they are read back into the graph, so the bytes stand alone. A model over protobuf's
+    2 GB limit cannot be one byte string: serving opens such models from their folder.
+    """
     mlflow.set_tracking_uri(tracking_uri)
     with tempfile.TemporaryDirectory() as tmp:
         try:
@@ -227,7 +236,7 @@ def load_onnx_bytes(tracking_uri: str, name: str, version: str | int) -> bytes:
         files = sorted(Path(path).rglob("*.onnx"))
         if not files:
             raise ModelNotFound(f"models:/{name}/{version} holds no .onnx file")
-        return files[0].read_bytes()
+        return onnx.load(str(files[0]), load_external_data=True).SerializeToString()
 
 
 def load_spec(tracking_uri: str, ref: ModelVersionRef) -> ModelFeatureSpec | None:

@@ -100,7 +100,7 @@ def test_instance_config_and_stack_environment(
         assert env["TWOTIER_RAY__SERVE_PORT"] == str(settings.ray.serve_port)
 
 
-def test_a_dead_daemon_takes_the_service_down_and_stop_leaves_nothing(
+def test_a_dead_daemon_is_restarted_and_stop_leaves_nothing(
     dagster_service: Service,
 ) -> None:
     pid = dagster_service.pid()
@@ -109,19 +109,16 @@ def test_a_dead_daemon_takes_the_service_down_and_stop_leaves_nothing(
     try:
         os.kill(daemon, signal.SIGKILL)
         deadline = time.monotonic() + 60
-        while dagster_service.running() and time.monotonic() < deadline:
+        restarted: list[int] = []
+        while not restarted and time.monotonic() < deadline:
             time.sleep(0.5)
-        assert not dagster_service.running(), "supervisor kept running without its daemon"
-        assert not dagster_service.healthy()
-        assert _group(pid) == []  # webserver and both code servers went with it
+            restarted = [p for p in _group(pid) if _program(p) == "dagster-daemon" and p != daemon]
+        assert restarted, "the supervisor did not restart its daemon"
+        assert dagster_service.pid() == pid and dagster_service.running()
 
-        dagster_service.start()
-        new_pid = dagster_service.pid()
-        assert new_pid is not None and new_pid != pid
-        assert len(_group(new_pid)) >= 3
         dagster_service.stop()
-        assert not pid_alive(new_pid)
-        assert _group(new_pid) == []
+        assert not pid_alive(pid)
+        assert _group(pid) == []  # webserver, daemon and code servers went with it
         with pytest.raises(httpx.HTTPError):
             httpx.get(f"{dagster_service.endpoint}/server_info", timeout=2.0)
     finally:

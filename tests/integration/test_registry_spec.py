@@ -50,3 +50,30 @@ def test_spec_is_logged_with_the_version_and_read_back(
         alias=None,
     )
     assert registry.load_spec(mlflow_server.endpoint, without) is None
+
+
+def test_registering_leaves_the_callers_model_whole(mlflow_server: Service) -> None:
+    import numpy as np
+    from onnx import numpy_helper
+
+    weights = numpy_helper.from_array(np.arange(4096, dtype=np.float32).reshape(2, 2048), "w")
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 2])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 2048])
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"])], "g", [x], [y], initializer=[weights]
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    before = model.SerializeToString()
+    ref = registry.register_onnx(
+        model,
+        tracking_uri=mlflow_server.endpoint,
+        name=f"specs.tier1.w{uuid.uuid4().hex[:6]}",
+        feature_names=[],
+        experiment="specs",
+        alias=None,
+    )
+    assert model.SerializeToString() == before  # weights not moved to external data
+    loaded = onnx.load_from_string(
+        registry.load_onnx_bytes(mlflow_server.endpoint, *ref.model_id.split("/"))
+    )
+    assert numpy_helper.to_array(loaded.graph.initializer[0]).shape == (2, 2048)
