@@ -43,7 +43,25 @@ def score(
     typer.echo(json.dumps(response, indent=2))
 
 
+def recommend(
+    user: Annotated[str, typer.Argument(help="The user to recommend for.")],
+    project: ProjectOption = None,
+    n: Annotated[int, typer.Option(help="Items in the answer.")] = 10,
+    alias: Annotated[
+        str | None, typer.Option(help="Serve both tiers this alias (default: the A/B group's).")
+    ] = None,
+) -> None:
+    """Ask the running app for one user's recommendations and print the answer."""
+    from twotier.serve_apps.deploy import recommend_over_http
+
+    settings = state.settings()
+    extra = {"alias": alias} if alias else {}
+    answer = recommend_over_http(settings, project or settings.project, user, n, **extra)
+    typer.echo(json.dumps(answer, indent=2))
+
+
 def register(app: typer.Typer) -> None:
     """Add the serving commands to the ``twotier`` app (entry point ``twotier.cli``)."""
     app.command("deploy")(deploy)
     app.command("score")(score)
+    app.command("recommend")(recommend)

@@ -1,4 +1,5 @@
-"""The scoring app's pieces that need no cluster: imports, request validation, alias cache."""
+"""The serving app's pieces that need no cluster: imports, bodies, routing, the alias
+directory, the byte-budget model cache, the feature cache and outage defaults, config."""
 
 from __future__ import annotations
 
@@ -8,18 +9,28 @@ import inspect
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pytest
 import yaml
-from mlflow.exceptions import MlflowException
-from mlflow.protos.databricks_pb2 import INTERNAL_ERROR, INVALID_PARAMETER_VALUE
 from pydantic import ValidationError
 from ray.serve import Application
 from ray.serve.schema import ServeDeploySchema
 
-from twotier.registry import ModelNotFound, ModelVersionRef
-from twotier.serve_apps.alias_cache import AliasCache, RegistryUnavailable
-from twotier.serve_apps.scoring import ScoreRequest, ScoringArgs
+from twotier.events import KNOWN_ACTIONS, Event
+from twotier.experiments import Experiment, ExperimentGroup, assign
+from twotier.features.builtin import builtin_projects
+from twotier.features.online import assemble_matrix
+from twotier.online_store import OnlineStoreError
+from twotier.registry import ModelVersionRef
+from twotier.serve_apps.alias_directory import AliasDirectory
+from twotier.serve_apps.app import DEPLOYMENTS, ServingArgs, build
+from twotier.serve_apps.feature_reader import FeatureReader, seen_mask
+from twotier.serve_apps.model_cache import Loaded, ModelCache
+from twotier.serve_apps.recommendation_log import RECOMMENDATION_ACTION
+from twotier.serve_apps.routing import RouteNotFound, check_model, route, tier_two_model
+from twotier.serve_apps.schemas import AdminModelRequest, RecommendRequest, ScoreRequest
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -35,9 +46,8 @@ class Block:
 sys.meta_path.insert(0, Block())
 from ray.serve import Application
 import twotier.serve_apps.deploy
-import twotier.serve_apps.scoring as scoring
-assert isinstance(scoring.app, Application), scoring.app
-assert isinstance(scoring.build_app(scoring.ScoringArgs(tracking_uri="http://x")), Application)
+import twotier.serve_apps.app as app
+assert isinstance(app.app, Application), app.app
 print("ok", sorted({m.split(".")[0] for m in sys.modules} & {"pyspark", "dagster"}))
 """
 
@@ -50,76 +60,237 @@ def test_serving_imports_without_pyspark_or_dagster() -> None:
     assert done.stdout.strip().splitlines()[-1] == "ok []"
 
 
-def test_score_request_needs_exactly_one_input() -> None:
-    assert ScoreRequest.model_validate({"rows": [[1, 2]]}).alias == "champion"
-    assert ScoreRequest.model_validate({"features": [{"a": 1}]}).tier == "tier2"
+# -- bodies ------------------------------------------------------------------------
+
+
+def test_request_bodies_validate() -> None:
+    assert RecommendRequest.model_validate({"user_id": "1"}).n == 10
+    with pytest.raises(ValidationError, match="extra"):
+        RecommendRequest.model_validate({"user_id": "1", "users": ["2"]})
+    with pytest.raises(ValidationError, match="user_id"):
+        RecommendRequest.model_validate({"user_id": ""})
+    with pytest.raises(ValidationError, match="alias"):
+        RecommendRequest.model_validate({"user_id": "1", "alias": "no spaces"})
     with pytest.raises(ValidationError, match="exactly one of 'rows'"):
         ScoreRequest.model_validate({"rows": [[1]], "features": [{"a": 1}]})
-    with pytest.raises(ValidationError, match="exactly one of 'rows'"):
-        ScoreRequest.model_validate({"model": "ranker"})
-    with pytest.raises(ValidationError, match="rows"):
-        ScoreRequest.model_validate({"rows": [["high"]]})
+    admin = {"project": "p", "tier": "tier2", "model": "ranker", "alias": "champion"}
+    assert AdminModelRequest.model_validate(admin).version is None
     with pytest.raises(ValidationError, match="tier"):
-        ScoreRequest.model_validate({"tier": "Tier 2", "rows": [[1]]})
+        AdminModelRequest.model_validate({**admin, "tier": "tier3"})
+    with pytest.raises(ValidationError, match="version"):
+        AdminModelRequest.model_validate({**admin, "version": "latest"})
 
 
-def test_scoring_args_are_typed() -> None:
-    args = ScoringArgs.model_validate({"tracking_uri": "http://h:1", "alias_cache_ttl_s": 2})
-    assert args.alias_cache_ttl_s == 2.0
-    with pytest.raises(ValidationError, match="max_models_per_replica"):
-        ScoringArgs.model_validate({"tracking_uri": "http://x", "max_models_per_replica": 0})
-    with pytest.raises(ValidationError, match="extra"):
-        ScoringArgs.model_validate({"tracking_uri": "http://x", "ttl": 3})
+def test_recommendation_events_are_valid_events() -> None:
+    assert RECOMMENDATION_ACTION in KNOWN_ACTIONS
+    event = Event(
+        event_id="rec-x-0",
+        project="p",
+        user_id="1",
+        item_id="9",
+        action=RECOMMENDATION_ACTION,
+        value=0.7,
+        ts=1,
+        context={"rank": "0", "group": "control"},
+    )
+    assert Event.from_json(event.to_json()) == event
 
 
-class _Registry:
-    """A registry stand-in in memory: alias table plus an 'up' switch and a call count."""
-
-    def __init__(self) -> None:
-        self.aliases = {("p.tier2.ranker", "champion"): "1"}
-        self.up = True
-        self.calls = 0
-
-    def resolve(self, name: str, alias: str) -> ModelVersionRef:
-        self.calls += 1
-        if not self.up:
-            cause = MlflowException("connection refused", error_code=INTERNAL_ERROR)
-            raise ModelNotFound("unreachable") from cause
-        if (name, alias) not in self.aliases:
-            cause = MlflowException("alias not found", error_code=INVALID_PARAMETER_VALUE)
-            raise ModelNotFound(f"{name}@{alias}") from cause
-        return ModelVersionRef(name, self.aliases[name, alias], None, ("a",))
+# -- routing -------------------------------------------------------------------------
 
 
-def test_alias_cache_ttl_hot_swap_and_outage() -> None:
-    reg = _Registry()
+def _experiment() -> Experiment:
+    return Experiment(
+        name="ab",
+        salt="s",
+        groups=(
+            ExperimentGroup(name="control", share=0.5, alias="champion"),
+            ExperimentGroup(name="treatment", share=0.5, alias="challenger"),
+        ),
+    )
+
+
+def test_route_uses_the_shared_assignment_and_overrides() -> None:
+    plain = builtin_projects()["movielens"].model_copy(update={"experiments": ()})
+    assert route("p", plain, "1") == route("p", plain, "1", alias=None)
+    assert route("p", plain, "1").alias == "champion" and route("p", plain, "1").group is None
+    assert route("p", plain, "1", alias="x").explicit_alias
+    with pytest.raises(RouteNotFound, match="runs no experiment"):
+        route("p", plain, "1", group="control")
+
+    features = plain.model_copy(update={"experiments": (_experiment(),)})
+    for user in map(str, range(40)):
+        chosen = route("p", features, user)
+        assert chosen.group == assign("p", _experiment(), user)
+        assert chosen.alias == ("champion" if chosen.group == "control" else "challenger")
+        assert not chosen.explicit_alias
+    forced = route("p", features, "1", group="treatment")
+    assert forced.alias == "challenger" and forced.group == "treatment"
+    with pytest.raises(RouteNotFound, match="no group 'nope'"):
+        route("p", features, "1", group="nope")
+    with pytest.raises(RouteNotFound, match="no experiment 'nope'"):
+        route("p", features, "1", experiment="nope")
+
+
+def test_models_of_a_project() -> None:
+    features = builtin_projects()["movielens"]
+    assert tier_two_model("p", features, None) == "ranker"
+    with pytest.raises(RouteNotFound, match="no tier-two model 'nope'"):
+        tier_two_model("p", features, "nope")
+    check_model("p", features, "tier1", "candidates")
+    with pytest.raises(RouteNotFound, match="one tier-one model"):
+        check_model("p", features, "tier1", "ranker")
+
+
+# -- the alias directory ---------------------------------------------------------------
+
+
+def _ref(name: str, version: str) -> ModelVersionRef:
+    return ModelVersionRef(name, version, None, ())
+
+
+def test_alias_directory_generations_acks_and_preloads() -> None:
     now = [0.0]
-    cache = AliasCache(reg.resolve, ttl_s=5.0, clock=lambda: now[0])
-
-    async def get(alias: str = "champion") -> str:
-        return (await cache.get("p.tier2.ranker", alias)).version
+    book = AliasDirectory(live_s=5.0, clock=lambda: now[0])
 
     async def scenario() -> None:
-        assert await asyncio.gather(*(get() for _ in range(10))) == ["1"] * 10
-        assert reg.calls == 1  # one lookup in flight per key
-        reg.aliases["p.tier2.ranker", "champion"] = "2"
-        now[0] = 4.9
-        assert await get() == "1"  # still within the TTL
-        now[0] = 5.1
-        assert await get() == "2"  # re-resolved after the TTL
-        reg.up = False
-        now[0] = 20.0
-        assert await get() == "2"  # registry down: last known version keeps serving
-        calls = reg.calls
-        assert await get() == "2"
-        assert reg.calls == calls  # and the registry is retried once per TTL, not per request
-        with pytest.raises(RegistryUnavailable, match="registry is unavailable"):
-            await get("challenger")  # nothing cached for this one
-        reg.up = True
-        with pytest.raises(ModelNotFound):
-            await get("challenger")
+        assert book.set("p.tier2.ranker", "champion", _ref("p.tier2.ranker", "1"))
+        assert not book.set("p.tier2.ranker", "champion", _ref("p.tier2.ranker", "1"))
+        assert book.set("p.tier1.candidates", "champion", _ref("p.tier1.candidates", "4"))
+        assert book.generation == 2
+        book.ack("ingress-a", "ingress", 2, {})
+        book.ack("host-a", "host", 2, {"p.tier2.ranker/1": 100})
+        assert book.pending(2) == []
+
+        # A long poll returns when the table moves, not before.
+        waiter = asyncio.create_task(book.wait_change(2, timeout_s=5))
+        await asyncio.sleep(0.05)
+        assert not waiter.done()
+        book.set("p.tier2.ranker", "champion", _ref("p.tier2.ranker", "2"))
+        await asyncio.wait_for(waiter, 1)
+        assert book.pending(3) == ["host-a", "ingress-a"]
+        # The host held version 1, so it preloads version 2 (only what moved since 2).
+        assert book.wanted({"p.tier2.ranker/1": 100}, since_generation=2) == ["p.tier2.ranker/2"]
+        assert book.wanted({"p.tier2.ranker/1": 100}, since_generation=3) == []
+        assert book.wanted({"q.tier2.ranker/1": 100}, since_generation=0) == []
+        book.ack("ingress-a", "ingress", 3, {})
+        assert book.pending(3) == ["host-a"]
+        now[0] = 6.0  # host-a went silent: no longer awaited
+        assert book.pending(3) == []
+        assert book.drop("p.tier2.ranker", "champion") and book.generation == 4
+        assert book.table() == {"p.tier1.candidates@champion": _ref("p.tier1.candidates", "4")}
+        await book.wait_change(4, timeout_s=0.01)  # times out quietly
 
     asyncio.run(scenario())
+
+
+# -- the model cache -----------------------------------------------------------------------
+
+
+def test_model_cache_keeps_models_within_the_byte_budget() -> None:
+    sizes = {"a/1": 40, "b/1": 30, "c/1": 50, "huge/1": 500}
+    calls: list[str] = []
+    evicted: list[str] = []
+
+    async def load(model_id: str) -> Loaded[str]:
+        calls.append(model_id)
+        await asyncio.sleep(0.01)
+        if model_id == "bad/1":
+            raise LookupError("no such version")
+        return Loaded(f"model {model_id}", sizes[model_id])
+
+    cache: ModelCache[str] = ModelCache(load, 100, on_evict=lambda m, _: evicted.append(m))
+
+    async def scenario() -> None:
+        assert await asyncio.gather(*(cache.get("a/1") for _ in range(5))) == ["model a/1"] * 5
+        assert calls == ["a/1"]  # one load in flight per id
+        await cache.get("b/1")
+        await cache.get("a/1")  # a is now the most recently used
+        await cache.get("c/1")  # 40 + 30 + 50 > 100: b (least recent) goes
+        assert evicted == ["b/1"] and list(cache.loaded()) == ["a/1", "c/1"]
+        assert cache.total_bytes == 90 <= cache.budget_bytes
+        await cache.get("huge/1")  # bigger than the budget: served alone
+        assert list(cache.loaded()) == ["huge/1"]
+        await cache.get("b/1")
+        assert list(cache.loaded()) == ["b/1"]
+        with pytest.raises(LookupError):
+            await cache.get("bad/1")
+        assert "bad/1" not in cache
+        assert cache.loads == 5 and cache.evictions == 4
+
+    asyncio.run(scenario())
+    with pytest.raises(ValueError, match="budget"):
+        ModelCache(load, 0)
+
+
+# -- online features: TTL cache and outage defaults -------------------------------------------
+
+
+class _Features:
+    """An ``OnlineFeatures`` stand-in: counts reads, and can be switched to failing."""
+
+    def __init__(self) -> None:
+        self.reads = 0
+        self.down = False
+
+    def matrix_for_spec(
+        self, spec: Any, project: str, user: str, candidates: Any, request: Any
+    ) -> np.ndarray:
+        self.reads += 1
+        if self.down:
+            raise OnlineStoreError("online store unreachable: connection refused")
+        docs = [[{"views": 5.0}], [{"views": 9.0} for _ in candidates]]
+        return assemble_matrix(spec, docs, len(candidates), request, now_ms=0)
+
+
+def test_feature_reader_caches_and_serves_defaults_when_the_store_is_down() -> None:
+    spec = builtin_projects()["movielens"].model_spec("ranker")
+    now = [0.0]
+    store = _Features()
+    reader = FeatureReader(store, ttl_s=2.0, retry_s=5.0, clock=lambda: now[0])
+    first, degraded = reader.matrix(spec, "p", "1", ["a", "b"])
+    assert not degraded and first[0, 0] == 5.0 and store.reads == 1
+    again, _ = reader.matrix(spec, "p", "1", ["a", "b"])
+    assert store.reads == 1 and again is first  # within the TTL
+    reader.matrix(spec, "p", "1", ["a", "c"])
+    assert store.reads == 2  # other candidates: another read
+    now[0] = 2.5
+    store.down = True
+    defaults, degraded = reader.matrix(spec, "p", "1", ["a", "b"])
+    expected = assemble_matrix(spec, [[None], [None]], 2, {})
+    assert degraded and store.reads == 3
+    np.testing.assert_allclose(defaults[:, :9], expected[:, :9])  # counters, rates: defaults
+    for _ in range(10):  # within retry_s the store is not asked again
+        assert reader.matrix(spec, "p", "2", ["x"])[1]
+    assert store.reads == 3
+    now[0] = 8.0
+    store.down = False
+    assert not reader.matrix(spec, "p", "2", ["x"])[1] and store.reads == 4
+
+
+def test_seen_mask_reads_user_item_counters() -> None:
+    spec = builtin_projects()["memes"].model_spec("ranker")
+    docs: list[list[dict[str, float] | None]] = [
+        [{"views": 1.0}],
+        [None, None, None],
+        [{"views": 2.0}, None, {"views": 0.0}],
+    ]
+    matrix = assemble_matrix(spec, docs, 3, {"position": 1.0}, now_ms=0)
+    assert seen_mask(spec, matrix).tolist() == [True, False, False]
+    plain = builtin_projects()["movielens"].model_spec("ranker")
+    assert not seen_mask(plain, np.ones((2, len(plain.columns())))).any()
+
+
+# -- the application and its config file ----------------------------------------------------
+
+
+def test_serving_args_and_deployment_options() -> None:
+    args = ServingArgs.model_validate({"settings": {"serving": {"alias_poll_s": 2}}})
+    assert isinstance(build(args, {"TierTwoHost": {"num_replicas": 2}}), Application)
+    with pytest.raises(ValueError, match="unknown deployment"):
+        build(args, {"Ranker": {}})
+    with pytest.raises(ValidationError, match="extra"):
+        ServingArgs.model_validate({"tracking_uri": "http://x"})
 
 
 def test_config_file_is_a_valid_serve_config_with_typed_args() -> None:
@@ -131,8 +302,13 @@ def test_config_file_is_a_valid_serve_config_with_typed_args() -> None:
     module, attr = application.import_path.split(":")
     builder = getattr(importlib.import_module(module), attr)
     annotation = inspect.signature(builder).parameters["args"].annotation
-    assert annotation is ScoringArgs  # Serve validates `args` into it
-    args = ScoringArgs.model_validate(application.args)
-    assert isinstance(builder(args), Application)
+    assert annotation is ServingArgs  # Serve validates `args` into it
+    assert isinstance(builder(ServingArgs.model_validate(application.args)), Application)
+    by_name = {d.name: d for d in application.deployments}
+    assert set(by_name) == set(DEPLOYMENTS)
+    for name in ("Ingress", "TierOneHost", "TierTwoHost"):  # autoscaling per deployment
+        autoscaling = dict(by_name[name].autoscaling_config or {})
+        assert autoscaling and autoscaling["min_replicas"] >= 1 <= autoscaling["max_replicas"]
+    assert by_name["ModelDirectory"].num_replicas == 1
     for deployment in application.deployments:
         assert 0 < (deployment.ray_actor_options.num_cpus or 0) <= 0.5
