@@ -180,7 +180,7 @@ class RayService(Service):
             f"--node-ip-address={cfg.host}",
             f"--num-cpus={cfg.num_cpus}",
             f"--object-store-memory={cfg.object_store_mb * 1024 * 1024}",
-            "--include-dashboard=false",
+            "--include-dashboard=true",  # its REST API serves `serve deploy`
             f"--dashboard-host={cfg.host}",
             "--disable-usage-stats",
             f"--temp-dir={self.temp_dir}",
