@@ -11,9 +11,11 @@ Environment:
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -152,3 +154,25 @@ def _listening_addresses(pid: int) -> set[tuple[str, int]]:
 def listening_addresses() -> Callable[[int], set[tuple[str, int]]]:
     """A function: pid -> the (ip, port) pairs that process listens on (from /proc)."""
     return _listening_addresses
+
+
+# -- fault tests (tests/faults): what each kill -9 costs ---------------------------------
+
+FAULT_RESULTS = Path(__file__).resolve().parents[1] / "bench" / "results" / "faults.json"
+
+
+@pytest.fixture(scope="session")
+def fault_report() -> Iterator[dict[str, dict[str, Any]]]:
+    """Per fault, what it cost; merged into ``bench/results/faults.json`` at the end."""
+    report: dict[str, dict[str, Any]] = {}
+    yield report
+    if not report:
+        return
+    merged = json.loads(FAULT_RESULTS.read_text()) if FAULT_RESULTS.exists() else {}
+    merged.setdefault("faults", {}).update(report)
+    merged["note"] = (
+        "Each fault is a SIGKILL of one component during streaming or serving on the "
+        "local stack (2 shared cores); seconds are wall time, measured once per run."
+    )
+    FAULT_RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    FAULT_RESULTS.write_text(json.dumps(merged, indent=2, sort_keys=True) + "\n")
