@@ -113,8 +113,8 @@ def _generic_rows(name: str, result: Mapping[str, Any]) -> list[Row]:
         if key.endswith("_met") and isinstance(met, bool):
             base = key[: -len("_met")]
             rows.append(Row(name, base, "", str(targets.get(base, "")), met))
-    summary = result.get("headline", result.get("median"))
-    for key, value in list(_numbers(summary))[:8]:
+    summary = next((v for k, v in result.items() if k.startswith(("headline", "median"))), None)
+    for key, value in list(_numbers(summary))[:12]:
         rows.append(Row(name, key, _fmt(value)))
     if not rows:
         rows.append(Row(name, "(no headline or targets in its JSON)", ""))
