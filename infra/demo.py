@@ -116,6 +116,12 @@ def _offline_metrics(settings: Settings, project: str, alias: str) -> dict[str, 
     return dict(client(settings.mlflow.uri).get_run(ref.run_id).data.metrics)
 
 
+def _titled(title: str) -> Table:
+    """A table whose title is printed on its own line first (a narrow table would wrap it)."""
+    console.print(f"[bold]{title}[/bold]")
+    return Table()
+
+
 def _metric(metrics: dict[str, float], name: str) -> str:
     return f"{metrics[name]:.4f}" if name in metrics else "n/a"
 
@@ -143,7 +149,7 @@ def _show_recommendations(
     settings: Settings, project: str, users: list[str], titles: dict[str, str]
 ) -> None:
     metrics = _offline_metrics(settings, project, "champion")
-    table = Table(title="offline hold-out metrics of the champion vs popularity")
+    table = _titled("offline hold-out metrics of the champion vs popularity")
     table.add_column("metric")
     table.add_column("two tiers", justify="right")
     table.add_column("popularity", justify="right")
@@ -157,7 +163,7 @@ def _show_recommendations(
     for user in users:
         console.print(f"[cyan]POST {_serve(settings)}/v1/{project}/recommend[/cyan] user {user}")
         answer = _recommend(settings, project, user)
-        ranked = Table(title=f"user {user}: {_versions(answer)}")
+        ranked = _titled(f"user {user}: {_versions(answer)}")
         ranked.add_column("#", justify="right")
         ranked.add_column("movie")
         ranked.add_column("score", justify="right")
@@ -173,7 +179,7 @@ def _show_recommendations(
 
 def _ab_side_by_side(settings: Settings, project: str, users: list[str]) -> None:
     experiment = settings.project_features(project).experiments[0]
-    table = Table(title=f"A/B experiment {experiment.name}: who gets which models")
+    table = _titled(f"A/B experiment {experiment.name}: who gets which models")
     table.add_column("user")
     table.add_column("group")
     table.add_column("models served")

@@ -38,8 +38,8 @@ def demo_run(
     # The demo's project has the feature groups of the built-in movielens project.
     projects = {**settings.projects, PROJECT: settings.project_features("movielens")}
     demo_settings = settings.model_copy(update={"project": PROJECT, "projects": projects})
-    env = {**os.environ, **demo_settings.to_env()}
-    return subprocess.run(
+    env = {**os.environ, **demo_settings.to_env(), "COLUMNS": "200"}  # no wrapped titles
+    result = subprocess.run(
         [
             sys.executable,
             "-m",
@@ -55,6 +55,8 @@ def demo_run(
         timeout=900,
         check=False,
     )
+    (settings.data_dir / "demo_e2e.log").write_text(result.stdout + result.stderr)
+    return result
 
 
 def test_demo_finishes_with_recommendations_an_experiment_and_a_swap(
