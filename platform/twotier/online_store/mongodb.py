@@ -31,6 +31,10 @@ BATCHES_FIELD = "_batch"
 
 _DUPLICATE_KEY = 11000
 _ATTEMPTS = 3
+_READ_CHUNK = 5_000
+"""Ids per existence read."""
+_INSERT_CHUNK = 1_000
+"""Documents per insert command."""
 
 
 @dataclass(frozen=True)
@@ -184,14 +188,28 @@ class MongoDBOnlineStore(OnlineStore):
         ids = list(dict.fromkeys([*counters, *highest]))
         if not ids:
             return ApplyResult(batch_id, 0, 0, 0)
-        size = self._server.statements_per_command
-        ensure = [
-            {"q": {"_id": i}, "u": {"$setOnInsert": {BATCHES_FIELD: {}}}, "upsert": True}
-            for i in ids
-        ]
+        label = f"{batch_key}/{batch_id}"
         marker = f"{BATCHES_FIELD}.{batch_key}"
+        # New entities are inserted whole, with this batch's marker: one bulk insert
+        # instead of an upsert each (FerretDB v1 scans the collection for every update
+        # statement). A replay finds them present and marked, so they are not counted twice.
+        present = self._existing(collection, ids, label)
+        fresh = [i for i in ids if i not in present]
+        inserted, raced = self._insert_new(
+            collection,
+            [
+                {
+                    "_id": i,
+                    **counters.get(i, {}),
+                    **highest.get(i, {}),
+                    BATCHES_FIELD: {batch_key: batch_id},
+                }
+                for i in fresh
+            ],
+            label,
+        )
         cas = []
-        for i in ids:
+        for i in [i for i in ids if i in present or i in raced]:
             update: dict[str, Any] = {"$set": {marker: batch_id}}
             if counters.get(i):
                 update["$inc"] = counters[i]
@@ -199,18 +217,57 @@ class MongoDBOnlineStore(OnlineStore):
                 update["$max"] = highest[i]
             # "$not $gte" also matches a document without a marker for this writer.
             cas.append({"q": {"_id": i, marker: {"$not": {"$gte": batch_id}}}, "u": update})
-        for chunk in _chunks(ensure, size):
-            self._update(collection, chunk, f"{batch_key}/{batch_id}")
-        written = sum(
-            self._update(collection, chunk, f"{batch_key}/{batch_id}")
-            for chunk in _chunks(cas, size)
+        updated = sum(
+            self._update(collection, chunk, label)
+            for chunk in _chunks(cas, self._server.statements_per_command)
         )
+        written = inserted + updated
         return ApplyResult(batch_id, len(ids), written, len(ids) - written)
+
+    def _existing(self, collection: str, ids: list[str], batch: str) -> set[str]:
+        """Which of ``ids`` have a document already (one scan per chunk on FerretDB v1)."""
+        found: set[str] = set()
+        try:
+            for chunk in _chunks(ids, _READ_CHUNK):
+                cursor = self._db[collection].find({"_id": {"$in": chunk}}, {"_id": 1})
+                found.update(str(doc["_id"]) for doc in cursor)
+        except PyMongoError as exc:
+            raise OnlineStoreError(
+                f"cannot read {collection!r} for batch {batch}: {exc} (safe to replay)"
+            ) from exc
+        return found
+
+    def _insert_new(
+        self, collection: str, docs: list[dict[str, Any]], batch: str
+    ) -> tuple[int, set[str]]:
+        """Insert documents of new entities; returns (inserted, ids another writer created).
+
+        An id inserted meanwhile by someone else fails with a duplicate key; the caller
+        applies those through the compare-and-set update instead.
+        """
+        inserted, raced = 0, set()
+        for chunk in _chunks(docs, _INSERT_CHUNK):
+            try:
+                reply = self._db.command("insert", collection, documents=chunk, ordered=False)
+            except PyMongoError as exc:
+                raise OnlineStoreError(
+                    f"cannot write batch {batch} to {collection!r}: {exc} (safe to replay)"
+                ) from exc
+            inserted += int(reply.get("n", 0))
+            for error in reply.get("writeErrors") or []:
+                entity_id = str(chunk[int(error.get("index", 0))]["_id"])
+                if error.get("code") != _DUPLICATE_KEY:
+                    raise OnlineStoreError(
+                        f"write of batch {batch} to {collection!r} failed for id "
+                        f"{entity_id!r}: {error.get('errmsg')} (the batch is safe to replay)"
+                    )
+                raced.add(entity_id)
+        return inserted, raced
 
     def _update(self, collection: str, statements: list[dict[str, Any]], batch: str) -> int:
         """Run one ordered ``update`` command; return how many documents matched or upserted.
 
-        A duplicate ``_id`` can only come from an ensure upsert racing another
+        A duplicate ``_id`` can only come from an upsert (``set_fields``) racing another
         writer's insert of the same new document; the document then exists, and the
         command is retried (every statement in it is idempotent).
         """
