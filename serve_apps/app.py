@@ -26,8 +26,9 @@ from fastapi import FastAPI, Header, HTTPException, Request, Response
 from fastapi.responses import PlainTextResponse
 from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
-from ray.exceptions import RayTaskError
+from ray.exceptions import RayActorError, RayTaskError
 from ray.serve import Application, metrics
+from ray.serve.exceptions import DeploymentUnavailableError, ReplicaUnavailableError
 from ray.serve.handle import DeploymentHandle
 
 from twotier.config import ConfigError, Settings
@@ -75,6 +76,8 @@ logger = logging.getLogger("ray.serve")
 
 HOT_SWAP_TIMEOUT_S = 10.0
 """``POST /v1/admin/models`` waits this long for every replica to serve the new version."""
+REPLICA_LOST = (RayActorError, ReplicaUnavailableError, DeploymentUnavailableError)
+"""A model-host replica died under a call (kill -9, node loss); Serve replaces it."""
 
 
 class ServingArgs(BaseModel):
@@ -507,10 +510,22 @@ class Ingress:
     async def _call(
         self, host: DeploymentHandle, ref: ModelVersionRef, method: str, *args: Any
     ) -> Any:
+        """Call a model host; a replica lost under the call is retried once, then 503."""
+        handle = getattr(host.options(multiplexed_model_id=ref.model_id), method)
         try:
-            return await getattr(host.options(multiplexed_model_id=ref.model_id), method).remote(
-                *args
-            )
+            try:
+                return await handle.remote(*args)
+            except REPLICA_LOST as exc:  # scoring is a read: another replica may answer
+                logger.warning("%s: model host replica lost (%s); retrying once", ref.model_id, exc)
+                return await handle.remote(*args)
+        except REPLICA_LOST as exc:
+            raise HTTPException(
+                503,
+                f"{ref.model_id}: the model host replica serving it was lost "
+                f"({type(exc).__name__}) and none answered the retry; Serve is starting a "
+                "new one, retry in a few seconds",
+                headers={"Retry-After": "2"},
+            ) from exc
         except ModelNotFound as exc:
             raise HTTPException(404, f"{ref.model_id} cannot be loaded: {_cause(exc)}") from exc
         except ModelLoadError as exc:
