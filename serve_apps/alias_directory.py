@@ -100,6 +100,37 @@ class AliasDirectory:
         logger.info("alias %s@%s no longer exists", name, alias)
         return True
 
+    def moved_since(self, key: Key, generation: int) -> bool:
+        """Whether ``key`` changed after ``generation``."""
+        return self.changed_at.get(key, 0) > generation
+
+    def changes(
+        self, registered: dict[str, dict[str, str]], since: int
+    ) -> tuple[list[Key], list[tuple[Key, str]]]:
+        """What a registry read begun at generation ``since`` says has changed.
+
+        An entry set after ``since`` (an admin move made while the read was in flight) is
+        newer than the read and is left alone: a slow poll never reverts a move.
+
+        Args:
+            registered: ``name -> {alias: version}`` as read from the registry.
+            since: The generation when the read began.
+
+        Returns:
+            The aliases that no longer exist, and ``(key, version)`` of those that moved.
+        """
+        gone: list[Key] = []
+        moved: list[tuple[Key, str]] = []
+        for key, ref in self.entries.items():
+            if self.moved_since(key, since):
+                continue
+            version = registered.get(key[0], {}).get(key[1])
+            if version is None:
+                gone.append(key)
+            elif version != ref.version:
+                moved.append((key, version))
+        return gone, moved
+
     def _bump(self) -> None:
         self.generation += 1
         self._changed.set()

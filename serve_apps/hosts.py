@@ -211,15 +211,14 @@ class ModelDirectory:
         names = sorted({name for name, _ in self.book.entries})
         if not names:
             return 0
+        since = self.book.generation
         aliases = await asyncio.to_thread(_registered_aliases, self.uri, names)
-        changed = 0
-        for (name, alias), ref in list(self.book.entries.items()):
-            version = aliases.get(name, {}).get(alias)
-            if version is None:
-                changed += self.book.drop(name, alias)
-            elif version != ref.version:
-                new = await asyncio.to_thread(registry.get_version, self.uri, name, version)
-                changed += self.book.set(name, alias, new)
+        gone, moved = self.book.changes(aliases, since)
+        changed = sum(self.book.drop(*key) for key in gone)
+        for key, version in moved:
+            new = await asyncio.to_thread(registry.get_version, self.uri, key[0], version)
+            if not self.book.moved_since(key, since):  # no admin move while we read
+                changed += self.book.set(*key, new)
         return changed
 
 

@@ -451,18 +451,19 @@ def test_hot_swap_under_load(world: World) -> None:
     old = world.versions[project, "tier2", "champion"].ref.version
     user = _group_users(project, "control", 1)[0]
     stop = threading.Event()
-    seen: list[tuple[float, int, str]] = []
+    seen: list[tuple[float, int, str]] = []  # (sent, status, tier-two version)
 
     def load() -> None:
         with httpx.Client(timeout=30) as client:
             while not stop.is_set():
+                sent = time.monotonic()
                 r = client.post(
                     f"{world.url}/v1/{project}/recommend", json={"user_id": user, "k": 20}
                 )
                 version = ""
                 if r.status_code == 200:
                     version = next(m for m in r.json()["models"] if m["tier"] == "tier2")["version"]
-                seen.append((time.monotonic(), r.status_code, version))
+                seen.append((sent, r.status_code, version))
 
     threads = [threading.Thread(target=load) for _ in range(4)]
     for t in threads:
@@ -489,7 +490,9 @@ def test_hot_swap_under_load(world: World) -> None:
     assert answer.json()["replicas"] == 1 + 2 + 2  # the ingress and both tiers' hosts
     statuses = Counter(code for _, code, _ in seen)
     assert statuses == {200: len(seen)}, statuses  # no request failed during the swap
-    after = [v for t, _, v in seen if t > answered + 0.05]
+    # Every request sent after the answer is served by the new version (one in flight
+    # across the swap may finish later with the old one: it was resolved before).
+    after = [v for t, _, v in seen if t > answered]
     assert after and set(after) == {spare.ref.version}
     assert any(v == old for t, _, v in seen if t < posted)
     print(f"\nhot swap: {answered - posted:.2f} s, {len(seen)} requests, none failed")

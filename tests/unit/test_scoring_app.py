@@ -184,6 +184,22 @@ def test_alias_directory_generations_acks_and_preloads() -> None:
     asyncio.run(scenario())
 
 
+def test_a_registry_read_older_than_a_move_never_reverts_it() -> None:
+    book = AliasDirectory()
+    ranker, candidates = ("p.tier2.ranker", "champion"), ("p.tier1.candidates", "champion")
+    book.set(*ranker, _ref(ranker[0], "1"))
+    book.set(*candidates, _ref(candidates[0], "4"))
+    since = book.generation  # the poll starts reading the registry here ...
+    book.set(*ranker, _ref(ranker[0], "3"))  # ... an admin move lands meanwhile ...
+    read = {ranker[0]: {"champion": "1"}, candidates[0]: {"champion": "5"}}  # ... stale read
+    assert book.changes(read, since) == ([], [(candidates, "5")])
+    # A read begun after the move is trusted, including a deleted alias.
+    assert book.changes({ranker[0]: {"champion": "2"}}, book.generation) == (
+        [candidates],
+        [(ranker, "2")],
+    )
+
+
 # -- the model cache -----------------------------------------------------------------------
 
 
