@@ -183,7 +183,7 @@ class AliasDirectory:
             {
                 ref.model_id
                 for key, ref in self.entries.items()
-                if key[0] in held and self.changed_at.get(key, 0) > since_generation
+                if key[0] in held and self.moved_since(key, since_generation)
             }
             - ids
         )
