@@ -53,6 +53,40 @@ def _feature_read_rows(result: Mapping[str, Any]) -> list[Row]:
     head, targets = result["headline"], result.get("targets", {})
     name = "feature_read"
     where = f"{head.get('scenario')} items"
+    return _matrix_rows(head, targets, name, where) + _reader_rows(head, targets, name, where)
+
+
+def _reader_rows(
+    head: Mapping[str, Any], targets: Mapping[str, Any], name: str, where: str
+) -> list[Row]:
+    """Serving's ``FeatureReader`` with a cold and a warm entity cache (newer results only)."""
+    rows = [
+        Row(
+            name,
+            f"reader {state} p99 ({where})",
+            _fmt(head[f"reader_{state}"]["p99_ms"], "ms"),
+            targets.get(f"{state}_p99_ms", ""),
+            targets.get(f"{state}_p99_met"),
+        )
+        for state in ("cold", "warm")
+        if f"reader_{state}" in head
+    ]
+    if "cold_ratio_p99" in head:
+        rows.append(
+            Row(
+                name,
+                "reader cold / bare find (p99)",
+                _fmt(head["cold_ratio_p99"]),
+                targets.get("cold_ratio", ""),
+                targets.get("cold_ratio_met"),
+            )
+        )
+    return rows
+
+
+def _matrix_rows(
+    head: Mapping[str, Any], targets: Mapping[str, Any], name: str, where: str
+) -> list[Row]:
     return [
         Row(name, f"matrix p50 ({where})", _fmt(head["matrix"]["p50_ms"], "ms")),
         Row(

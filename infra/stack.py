@@ -11,6 +11,7 @@ from twotier.progress import Progress, quiet
 # name -> "module:Class", in start order. Lazy so `twotier status` stays fast.
 SERVICE_CLASSES: dict[str, str] = {
     "kafka": "twotier.infra.kafka:KafkaService",
+    "secantusdb": "twotier.infra.secantusdb:SecantusDBService",
     "ferretdb": "twotier.infra.ferretdb:FerretDBService",
     "mlflow": "twotier.infra.mlflow_server:MLflowService",
     "dagster": "twotier.infra.dagster_service:DagsterService",
@@ -18,7 +19,14 @@ SERVICE_CLASSES: dict[str, str] = {
 }
 
 
+ONLINE_STORE = "online_store"
+"""Stands for the local MongoDB-wire server chosen in ``stack.online_server``."""
+
+
 def make_service(name: str, settings: Settings) -> Service:
+    """The service called ``name`` (``online_store``: the chosen MongoDB-wire server)."""
+    if name == ONLINE_STORE:
+        name = settings.local_online_server
     module, cls = SERVICE_CLASSES[name].split(":")
     service: Service = getattr(importlib.import_module(module), cls)(settings)
     return service
@@ -29,13 +37,17 @@ class Stack:
 
     def __init__(self, settings: Settings, only: list[str] | None = None) -> None:
         self.settings = settings
-        names = [n for n in SERVICE_CLASSES if n in settings.stack.services]
+        wanted = settings.stack.resolved_services()
+        names = [n for n in SERVICE_CLASSES if n in wanted]
         if only:
-            unknown = sorted(set(only) - set(SERVICE_CLASSES))
+            unknown = sorted(set(only) - set(SERVICE_CLASSES) - {ONLINE_STORE})
             if unknown:
                 raise StackError(
-                    "stack", f"unknown service(s) {unknown}", f"choose from {list(SERVICE_CLASSES)}"
+                    "stack",
+                    f"unknown service(s) {unknown}",
+                    f"choose from {[*SERVICE_CLASSES, ONLINE_STORE]}",
                 )
+            only = [settings.local_online_server if n == ONLINE_STORE else n for n in only]
             names = [n for n in names if n in only]
         self.services = [make_service(n, settings) for n in names]
 

@@ -4,7 +4,8 @@
 ``alias_directory``). ``ModelHost`` is bound twice, as ``TierOneHost`` and
 ``TierTwoHost``: each replica keeps ONNX sessions keyed by the multiplexed model id
 ``name/version`` within ``serving.model_memory_budget_bytes`` (``ModelCache``), and the
-tier-two host reads online features (``FeatureReader``) next to the ranker that needs them.
+tier-two host reads online features (``FeatureReader``, item documents cached per entity)
+next to the ranker that needs them.
 """
 
 # No `from __future__ import annotations`: Ray Serve inspects these classes at runtime.
@@ -24,7 +25,7 @@ import twotier.registry as registry
 from twotier.config import Settings, load_settings
 from twotier.registry import ModelNotFound, ModelVersionRef
 from twotier.serve_apps.alias_directory import AliasDirectory, RegistryUnavailable, is_not_found
-from twotier.serve_apps.feature_reader import FeatureReader, seen_mask
+from twotier.serve_apps.feature_reader import FeatureRead, FeatureReader, seen_mask
 from twotier.serve_apps.loader import ModelLoadError, ServedModel, load_served_model
 from twotier.serve_apps.model_cache import Loaded, ModelCache
 
@@ -278,6 +279,7 @@ class ModelHost:
             on_evict=lambda _, __: self._evictions.inc(),
         )
         self._reader: FeatureReader | None = None
+        self._feature_metrics: FeatureCacheMetrics | None = None
         self._sync = asyncio.get_running_loop().create_task(self._sync_forever())
 
     async def _load(self, model_id: str) -> Loaded[ServedModel]:
@@ -295,10 +297,12 @@ class ModelHost:
 
     @property
     def reader(self) -> FeatureReader:
+        """The online-feature reader of this replica (tier two), made on first use."""
         if self._reader is None:
             self._reader = FeatureReader(
                 serving_features(self.settings), self.settings.serving.feature_cache_ttl_s
             )
+            self._feature_metrics = FeatureCacheMetrics()
         return self._reader
 
     # -- scoring ---------------------------------------------------------------
@@ -341,14 +345,17 @@ class ModelHost:
                 "cannot be built from online features; register it with spec=... (or score "
                 "raw rows with POST /v1/{project}/score)"
             )
-        matrix, degraded = await asyncio.to_thread(
-            self.reader.matrix, model.spec, project, user_id, candidates, request
+        reader = self.reader
+        read = await asyncio.to_thread(
+            reader.matrix, model.spec, project, user_id, candidates, request
         )
-        scores = model.tier_two.predict(matrix)
+        if self._feature_metrics is not None:
+            self._feature_metrics.record(read, len(reader.cache))
+        scores = model.tier_two.predict(read.matrix)
         return {
             "scores": scores.tolist(),
-            "seen": seen_mask(model.spec, matrix).tolist(),
-            "degraded": degraded,
+            "seen": seen_mask(model.spec, read.matrix).tolist(),
+            "degraded": read.degraded,
         }
 
     async def score_rows(self, matrix: np.ndarray) -> list[float]:
@@ -383,6 +390,42 @@ class ModelHost:
             except Exception as exc:
                 logger.warning("model host %s: directory sync failed (%s)", self.replica, exc)
                 await asyncio.sleep(1.0)
+
+
+class FeatureCacheMetrics:
+    """The tier-two host's entity-cache metrics, exported by Ray with Serve's own."""
+
+    STALENESS_BOUNDARIES = [0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60]
+    """Seconds; the cache never serves a document older than ``feature_cache_ttl_s``."""
+
+    def __init__(self) -> None:
+        self.hits = metrics.Counter(
+            "twotier_feature_cache_hits",
+            description="Item feature documents served from a replica's entity cache.",
+        )
+        self.misses = metrics.Counter(
+            "twotier_feature_cache_misses",
+            description="Item feature documents the entity cache lacked (read from the store).",
+        )
+        self.entries = metrics.Gauge(
+            "twotier_feature_cache_entries",
+            description="Item feature documents held by a replica's entity cache.",
+        )
+        self.staleness = metrics.Histogram(
+            "twotier_feature_cache_staleness_s",
+            description="Per request with cache hits: age of the oldest cached document it used.",
+            boundaries=self.STALENESS_BOUNDARIES,
+        )
+
+    def record(self, read: FeatureRead, entries: int) -> None:
+        """Count one request's hits and misses, and observe its oldest cached document."""
+        if read.cache_hits:
+            self.hits.inc(read.cache_hits)
+        if read.cache_misses:
+            self.misses.inc(read.cache_misses)
+        if read.oldest_age_s is not None:
+            self.staleness.observe(read.oldest_age_s)
+        self.entries.set(entries)
 
 
 def serving_features(settings: Settings) -> Any:

@@ -6,7 +6,8 @@ touch a stack started with ``twotier up``; downloads and builds come from the sh
 Environment:
     TWOTIER_TEST_DATA_DIR: data folder of the test stack (default ``.twotier-test``).
     TWOTIER_TEST_PORT_BASE: first port of the test stack's block of 300 (default 20000).
-    TWOTIER_TEST_CACHE_DIR: cache folder (default ``.twotier/cache``, shared with ``twotier up``).
+    TWOTIER_TEST_CACHE_DIR: cache folder (default: the settings' cache, ``~/.cache/twotier``,
+        shared with ``twotier up`` and every clone).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ def port_block(base: int) -> dict[str, dict[str, int]]:
     return {
         "kafka": {"port": base, "controller_port": base + 1},
         "ferretdb": {"port": base + 2},
+        "secantusdb": {"port": base + 6},
         "mlflow": {"port": base + 3},
         "dagster": {"port": base + 4},
         "ray": {"serve_port": base + 5, "gcs_port": base + 100},
@@ -45,7 +47,8 @@ def test_settings(data_dir: Path | None = None, port_base: int | None = None) ->
     """Settings of a test stack: its own data folder and port block, the shared cache."""
     base = port_base or int(os.environ.get("TWOTIER_TEST_PORT_BASE", "20000"))
     data = data_dir or Path(os.environ.get("TWOTIER_TEST_DATA_DIR", REPO / ".twotier-test"))
-    cache_dir = Path(os.environ.get("TWOTIER_TEST_CACHE_DIR", REPO / ".twotier" / "cache"))
+    cache_env = os.environ.get("TWOTIER_TEST_CACHE_DIR")
+    cache_dir = Path(cache_env) if cache_env else None
     return load_settings(
         path=REPO / "tests" / "twotier-test.yaml",
         data_dir=data,
@@ -93,9 +96,28 @@ def kafka(settings: Settings) -> Iterator[Service]:
 
 
 @pytest.fixture(scope="session")
+def secantusdb(settings: Settings) -> Iterator[Service]:
+    """A real SecantusDB ``secantusd-rs`` (MongoDB wire protocol, WiredTiger) on loopback."""
+    yield from _service("secantusdb", settings)
+
+
+@pytest.fixture(scope="session")
 def ferretdb(settings: Settings) -> Iterator[Service]:
-    """A real FerretDB (MongoDB wire protocol) on loopback."""
+    """A real FerretDB v1 (MongoDB wire protocol, SQLite) on loopback."""
     yield from _service("ferretdb", settings)
+
+
+@pytest.fixture(scope="session")
+def online_server(request: pytest.FixtureRequest, settings: Settings) -> Service:
+    """The local MongoDB-wire server the settings choose (``stack.online_server``)."""
+    service: Service = request.getfixturevalue(settings.local_online_server)
+    return service
+
+
+def with_online_server(settings: Settings, server: str) -> Settings:
+    """``settings`` with the online store on the local ``server`` (secantusdb, ferretdb)."""
+    stack = settings.stack.model_copy(update={"online_server": server})
+    return settings.model_copy(update={"stack": stack})
 
 
 @pytest.fixture(scope="session")

@@ -140,7 +140,7 @@ def stream_project(
     """A fresh project with its topic, the movies of the slice loaded, and its events.
 
     Use it as the body of a fixture (``yield from stream_project(...)``); it needs the
-    ``kafka`` and ``ferretdb`` services running.
+    ``kafka`` and ``online_server`` services running.
     """
     project = f"{prefix}_{uuid.uuid4().hex[:8]}"
     local = settings.model_copy(update={"projects": {**settings.projects, project: FEATURES}})

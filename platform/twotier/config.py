@@ -51,13 +51,41 @@ class KafkaConfig(_Section):
         return self.bootstrap_servers or f"{self.host}:{self.port}"
 
 
+MongoServerKind = Literal["mongodb", "secantusdb", "ferretdb"]
+"""Which MongoDB-wire server an online-store URI reaches; it declares what the server can do."""
+
+
+class OnlineStoreCapabilitiesConfig(_Section):
+    """Overrides of the capabilities declared for ``online_store.server`` (unset: declared)."""
+
+    transactions: bool | None = None
+    change_streams: bool | None = None
+    indexed_in: bool | None = None
+    bulk_upsert: bool | None = None
+    union_reads: bool | None = None
+    statements_per_command: int | None = Field(None, ge=1)
+
+
 class MongoDBOnlineStoreConfig(_Section):
-    """Online store on the MongoDB wire protocol (FerretDB locally, MongoDB in production)."""
+    """Online store on the MongoDB wire protocol (SecantusDB locally, MongoDB in production).
+
+    The code speaks plain pymongo; ``server`` only selects the declared capabilities
+    (chunk sizes, upsert strategy, one-round-trip unions) that the hot paths use.
+    """
 
     type: Literal["mongodb"] = "mongodb"
     uri: str | None = None
-    """Defaults to the local FerretDB."""
+    """Defaults to the local stack's MongoDB-wire server (``stack.online_server``)."""
     database: str = "twotier"
+    server: MongoServerKind | None = None
+    """The server behind ``uri``; defaults to ``stack.online_server`` without a ``uri``
+    and to ``mongodb`` (a real MongoDB) with one."""
+    journal: bool = True
+    """Write concern ``j``: a write is acknowledged once it is in the server's journal."""
+    capabilities: OnlineStoreCapabilitiesConfig = Field(
+        default_factory=OnlineStoreCapabilitiesConfig
+    )
+    """Override single declared capabilities, e.g. ``{union_reads: false}``."""
 
 
 # One backend per store today; a second one turns these into discriminated unions on `type`.
@@ -81,11 +109,32 @@ class ClickHouseOfflineStoreConfig(_Section):
 OfflineStoreConfig = ClickHouseOfflineStoreConfig
 
 
-class FerretDBConfig(_Section):
-    """The local MongoDB-wire server: FerretDB v1 with the SQLite backend."""
+class SecantusDBConfig(_Section):
+    """The default local MongoDB-wire server: SecantusDB ``secantusd-rs`` on WiredTiger.
+
+    Built once with ``cargo +<toolchain> install secantus-mdb`` into the cache; GPL-2.0,
+    run as a separate server process (never linked into twotier).
+    """
 
     host: str = LOOPBACK
     port: int = Field(27017, ge=1, le=65535)
+    version: str = "0.5.3-beta.196"
+    toolchain: str = "nightly"
+    """The rustup toolchain that builds it (its crates declare a Rust newer than stable)."""
+    sync_on_commit: bool = True
+    """Fsync the WiredTiger log on every commit. Without it a kill -9 loses acknowledged
+    writes, even with ``j: true``."""
+    cache_size: str = Field("512M", pattern=r"^\d+[KMG]$")
+    """WiredTiger cache (the server's default is 4G)."""
+    log_file_max: str = Field("64MB", pattern=r"^\d+[KMG]B$")
+    """Size of one write-ahead log file, allocated in full."""
+
+
+class FerretDBConfig(_Section):
+    """The alternative local MongoDB-wire server: FerretDB v1 with the SQLite backend."""
+
+    host: str = LOOPBACK
+    port: int = Field(27018, ge=1, le=65535)
     version: str = "v1.24.2"
 
 
@@ -174,15 +223,31 @@ class PipelinesConfig(_Section):
     streaming job."""
 
 
-ServiceName = Literal["kafka", "ferretdb", "mlflow", "dagster", "ray"]
-ALL_SERVICES: tuple[ServiceName, ...] = ("kafka", "ferretdb", "mlflow", "dagster", "ray")
+OnlineServerName = Literal["secantusdb", "ferretdb"]
+"""The local MongoDB-wire servers the stack can run."""
+ServiceName = Literal["kafka", "online_store", "secantusdb", "ferretdb", "mlflow", "dagster", "ray"]
+"""``online_store`` stands for the server chosen in ``stack.online_server``."""
+ALL_SERVICES: tuple[ServiceName, ...] = ("kafka", "online_store", "mlflow", "dagster", "ray")
 
 
 class StackConfig(_Section):
     """Which services ``twotier up`` runs locally, and how long each may take to start."""
 
+    online_server: OnlineServerName = "secantusdb"
+    """The local MongoDB-wire server of the online store: ``secantusdb`` (fast, with
+    change streams and transactions) or ``ferretdb`` (v1, SQLite; scans on ``$in``)."""
     services: list[ServiceName] = Field(default_factory=lambda: list(ALL_SERVICES))
+    """Services ``twotier up`` runs; ``online_store`` stands for ``online_server``."""
     start_timeout_s: float = Field(180.0, gt=0)
+
+    def resolved_services(self) -> list[ServiceName]:
+        """``services`` with ``online_store`` replaced by the chosen ``online_server``."""
+        out: list[ServiceName] = []
+        for name in self.services:
+            real: ServiceName = self.online_server if name == "online_store" else name
+            if real not in out:
+                out.append(real)
+        return out
 
 
 class Settings(BaseSettings):
@@ -197,10 +262,12 @@ class Settings(BaseSettings):
     data_dir: Path = Path(".twotier")
     """Logs, data and pid files of the local stack."""
     cache_dir: Path | None = None
-    """Downloads and builds; defaults to ``<data_dir>/cache``."""
+    """Downloads and builds, shared by every clone; defaults to ``$XDG_CACHE_HOME/twotier``
+    (``~/.cache/twotier``)."""
     project: str = Field("movielens", pattern=PROJECT_PATTERN)
     """The default project for commands that take ``--project``."""
     kafka: KafkaConfig = Field(default_factory=KafkaConfig)
+    secantusdb: SecantusDBConfig = Field(default_factory=SecantusDBConfig)
     ferretdb: FerretDBConfig = Field(default_factory=FerretDBConfig)
     online_store: OnlineStoreConfig = Field(default_factory=MongoDBOnlineStoreConfig)
     offline_store: OfflineStoreConfig = Field(default_factory=ClickHouseOfflineStoreConfig)
@@ -242,11 +309,37 @@ class Settings(BaseSettings):
 
     @property
     def cache(self) -> Path:
-        return self.cache_dir or self.data_dir / "cache"
+        if self.cache_dir is not None:
+            return self.cache_dir
+        return Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache").expanduser() / "twotier"
+
+    @property
+    def local_online_server(self) -> OnlineServerName:
+        """The local MongoDB-wire server the stack runs for the online store.
+
+        ``stack.online_server`` when ``online_store`` is among the services, else the
+        first of ``secantusdb`` / ``ferretdb`` named there explicitly.
+        """
+        services = self.stack.services
+        if "online_store" not in services:
+            for name in services:
+                if name in ("secantusdb", "ferretdb"):
+                    return name
+        return self.stack.online_server
+
+    @property
+    def online_server_kind(self) -> MongoServerKind:
+        """Which server the online store talks to (selects its declared capabilities)."""
+        if self.online_store.server is not None:
+            return self.online_store.server
+        return "mongodb" if self.online_store.uri else self.local_online_server
 
     @property
     def online_store_uri(self) -> str:
-        return self.online_store.uri or f"mongodb://{self.ferretdb.host}:{self.ferretdb.port}/"
+        if self.online_store.uri:
+            return self.online_store.uri
+        server = self.secantusdb if self.local_online_server == "secantusdb" else self.ferretdb
+        return f"mongodb://{server.host}:{server.port}/"
 
     @property
     def offline_store_dsn(self) -> str:

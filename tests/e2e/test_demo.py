@@ -30,7 +30,7 @@ def demo_run(
     settings: Settings,
     movielens: Path,
     kafka: Service,
-    ferretdb: Service,
+    online_server: Service,
     mlflow_server: Service,
     dagster_service: Service,
     ray_cluster: Service,

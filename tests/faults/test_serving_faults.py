@@ -240,7 +240,7 @@ class Served:
 
 @pytest.fixture(scope="module")
 def served(
-    mlflow_server: Service, ferretdb: Service, ray_cluster: Service, settings: Settings
+    mlflow_server: Service, online_server: Service, ray_cluster: Service, settings: Settings
 ) -> Served:
     """One project with tiny real models of both tiers, deployed with two rankers."""
     project = builtin_projects()["movielens"].model_copy(update={"experiments": ()})

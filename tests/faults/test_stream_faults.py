@@ -37,7 +37,7 @@ DOWN_S = 5.0
 
 @pytest.fixture
 def stream_setup(
-    settings: Settings, movielens: Path, kafka: Service, ferretdb: Service
+    settings: Settings, movielens: Path, kafka: Service, online_server: Service
 ) -> Iterator[tuple[Settings, str, list[Event]]]:
     yield from stream_project(settings, movielens, prefix="fault")
 
@@ -98,12 +98,12 @@ def _kill_service_mid_stream(
 
 def test_sigkill_of_the_online_store_loses_and_doubles_nothing(
     stream_setup: tuple[Settings, str, list[Event]],
-    ferretdb: Service,
+    online_server: Service,
     movielens: Path,
     tmp_path: Path,
     fault_report: dict[str, dict[str, Any]],
 ) -> None:
-    cost = _kill_service_mid_stream(ferretdb, stream_setup, movielens, tmp_path)
+    cost = _kill_service_mid_stream(online_server, stream_setup, movielens, tmp_path)
     fault_report["online_store_sigkill"] = cost
 
 

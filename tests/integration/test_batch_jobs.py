@@ -181,7 +181,7 @@ def _stored(settings: Settings, project: str, expected: dict[str, dict[str, dict
 
 
 def test_import_then_online_counts_every_event_once(
-    settings: Settings, kafka: Service, ferretdb: Service, spark: SparkSession
+    settings: Settings, kafka: Service, online_server: Service, spark: SparkSession
 ) -> None:
     from twotier.feature_jobs.online_job import run_online
 

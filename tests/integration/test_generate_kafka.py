@@ -18,7 +18,9 @@ RATE = 1500.0
 LIMIT = 3000
 
 
-def test_generate_paces_to_the_rate_and_events_read_back(kafka: Service, ferretdb: Service) -> None:
+def test_generate_paces_to_the_rate_and_events_read_back(
+    kafka: Service, online_server: Service
+) -> None:
     settings = kafka.settings
     project = f"gen_{uuid.uuid4().hex[:8]}"
     config = MemeFeedConfig(users=100, items=300, seed=5)
@@ -56,8 +58,8 @@ def test_generate_paces_to_the_rate_and_events_read_back(kafka: Service, ferretd
     assert {t.attributes["content_type"] for t in types.values()} <= {"image", "video", "gif"}
 
 
-def test_movielens_item_data_loads_idempotently(ferretdb: Service, movielens: Path) -> None:
-    settings = ferretdb.settings
+def test_movielens_item_data_loads_idempotently(online_server: Service, movielens: Path) -> None:
+    settings = online_server.settings
     project = f"items_{uuid.uuid4().hex[:8]}"
     items = movielens_items(movielens)
     started = time.monotonic()
@@ -85,7 +87,7 @@ def test_movielens_item_data_loads_idempotently(ferretdb: Service, movielens: Pa
 
 
 def test_cli_generate_and_replay_with_item_data(
-    kafka: Service, ferretdb: Service, movielens: Path
+    kafka: Service, online_server: Service, movielens: Path
 ) -> None:
     settings = kafka.settings
     env = {k: v for k, v in os.environ.items() if k != "TWOTIER_CONFIG"} | settings.to_env()

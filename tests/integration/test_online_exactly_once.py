@@ -37,7 +37,7 @@ from twotier.infra.service import Service
 
 @pytest.fixture
 def stream_setup(
-    settings: Settings, movielens: Path, kafka: Service, ferretdb: Service
+    settings: Settings, movielens: Path, kafka: Service, online_server: Service
 ) -> Iterator[tuple[Settings, str, list[Event]]]:
     """A fresh project with its topic, the movies of the slice loaded, and its events."""
     yield from stream_project(settings, movielens)

@@ -48,7 +48,7 @@ def finds() -> _Finds:
 
 
 @pytest.fixture
-def features(settings: Settings, ferretdb: Service, finds: _Finds) -> Iterator[OnlineFeatures]:
+def features(settings: Settings, online_server: Service, finds: _Finds) -> Iterator[OnlineFeatures]:
     """OnlineFeatures on a database of its own, so other tests' documents never interfere."""
     database = f"t_{uuid.uuid4().hex[:10]}"
     own = settings.model_copy(update={"online_store": MongoDBOnlineStoreConfig(database=database)})

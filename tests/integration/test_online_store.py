@@ -1,7 +1,14 @@
-"""The MongoDB-wire online store against a real FerretDB: exactly-once increments, batched reads."""
+"""Contract tests of the MongoDB-wire online store, on SecantusDB and on FerretDB v1.
+
+Exactly-once replay, increments, maxima, reads, defaults and bad input behave the
+same on both servers; the write strategy differs by declared capabilities (one
+unordered bulk of compare-and-set upserts on SecantusDB; existence read, insert and
+ordered updates on FerretDB v1).
+"""
 
 from __future__ import annotations
 
+import threading
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -9,10 +16,12 @@ from typing import Any
 import pytest
 from pymongo import monitoring
 
-from twotier.config import Settings
-from twotier.infra.service import Service
-from twotier.online_store import OnlineStoreError, connect
+from tests.conftest import with_online_server
+from twotier.config import OnlineStoreCapabilitiesConfig, Settings
+from twotier.online_store import OnlineStoreError, Read, connect
 from twotier.online_store.mongodb import BATCHES_FIELD, MongoDBOnlineStore
+
+SERVERS = ["secantusdb", "ferretdb"]
 
 
 class _Commands(monitoring.CommandListener):
@@ -36,11 +45,16 @@ def commands() -> _Commands:
     return _Commands()
 
 
+@pytest.fixture(params=SERVERS)
+def server_settings(request: pytest.FixtureRequest, settings: Settings) -> Settings:
+    """The test settings with the online store on one local server (started here)."""
+    request.getfixturevalue(request.param)
+    return with_online_server(settings, request.param)
+
+
 @pytest.fixture
-def store(
-    settings: Settings, ferretdb: Service, commands: _Commands
-) -> Iterator[MongoDBOnlineStore]:
-    with MongoDBOnlineStore.from_settings(settings, event_listeners=[commands]) as s:
+def store(server_settings: Settings, commands: _Commands) -> Iterator[MongoDBOnlineStore]:
+    with MongoDBOnlineStore.from_settings(server_settings, event_listeners=[commands]) as s:
         yield s  # type: ignore[misc,unused-ignore]
 
 
@@ -56,13 +70,26 @@ def _raw(store: MongoDBOnlineStore, collection: str, entity_id: str) -> dict[str
     return store._db[collection].find_one({"_id": entity_id})
 
 
-def test_connect_chooses_the_mongodb_backend(settings: Settings, ferretdb: Service) -> None:
-    with connect(settings) as store:
+def test_connect_declares_what_each_server_can_do(server_settings: Settings) -> None:
+    with connect(server_settings) as store:
         assert isinstance(store, MongoDBOnlineStore)
         caps = store.capabilities
-        # FerretDB v1 declares neither transactions nor change streams.
-        assert not caps.transactions
-        assert not caps.change_streams
+        if server_settings.local_online_server == "ferretdb":
+            # FerretDB v1: no transactions, no change streams, scans for $in.
+            assert not caps.transactions and not caps.change_streams
+            assert not caps.bulk_upsert and not caps.indexed_in
+        else:
+            assert caps.transactions and caps.change_streams
+            assert caps.bulk_upsert and caps.indexed_in and caps.union_reads
+
+
+def test_declared_capabilities_can_be_overridden(server_settings: Settings) -> None:
+    overrides = OnlineStoreCapabilitiesConfig(bulk_upsert=False, statements_per_command=7)
+    online = server_settings.online_store.model_copy(update={"capabilities": overrides})
+    local = server_settings.model_copy(update={"online_store": online})
+    with connect(local) as store:
+        assert not store.capabilities.bulk_upsert
+        assert store.capabilities.statements_per_command == 7
 
 
 def test_increments_accumulate_over_batches(store: MongoDBOnlineStore, collection: str) -> None:
@@ -216,3 +243,78 @@ def test_get_many_with_fields_returns_only_those(
     assert store.get_many(collection, ["1"], []) == {"1": {}}
     with pytest.raises(OnlineStoreError, match=r"invalid online field name 'a\.b'"):
         store.get_many(collection, ["1"], ["a.b"])
+
+
+def test_a_batch_is_one_bulk_without_a_read_where_declared(
+    store: MongoDBOnlineStore, collection: str, commands: _Commands
+) -> None:
+    store.apply_increments(collection, "writer-a", 0, {str(i): {"views": 1} for i in range(50)})
+    commands.names.clear()
+    batch = {str(i): {"views": 1} for i in range(100)}  # 50 known, 50 new
+    result = store.apply_increments(collection, "writer-a", 1, batch)
+    assert (result.written, result.skipped) == (100, 0)
+    if store.capabilities.bulk_upsert:
+        assert commands.names == ["update"]  # one unordered bulk, no read first
+    else:
+        assert commands.names[0] == "find"  # FerretDB v1: existence read, insert, updates
+    commands.names.clear()
+    replay = store.apply_increments(collection, "writer-a", 1, batch)
+    assert (replay.written, replay.skipped) == (0, 100)
+    assert store.sum_fields(collection, ["views"]) == (100, {"views": 150.0})
+
+
+def test_concurrent_writers_of_new_documents_each_count_once(
+    store: MongoDBOnlineStore, collection: str
+) -> None:
+    """Two writers upsert the same new ids at once; neither loses nor doubles a count."""
+    if not store.capabilities.transactions:
+        pytest.skip(
+            "FerretDB v1 applies an update as an unisolated read-modify-write: concurrent "
+            "writers of one document lose increments (seen: 2 of 1,800); one writer per "
+            "collection, as the streaming job is, stays exact"
+        )
+    ids = [f"n{i}" for i in range(300)]
+    errors: list[BaseException] = []
+
+    def write(key: str) -> None:
+        try:
+            for batch_id in range(3):
+                store.apply_increments(collection, key, batch_id, {i: {"views": 1} for i in ids})
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=write, args=(k,)) for k in ("writer-a", "writer-b")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert store.sum_fields(collection, ["views"]) == (300, {"views": 1800.0})
+
+
+def test_get_groups_reads_several_collections_in_one_round_trip(
+    store: MongoDBOnlineStore, collection: str, commands: _Commands
+) -> None:
+    other = f"{collection}_b"
+    store.apply_increments(collection, "w", 0, {"u1": {"views": 2, "smiles": 1}})
+    store.apply_increments(other, "w", 0, {str(i): {"views": i} for i in range(20)})
+    try:
+        commands.names.clear()
+        got = store.get_groups(
+            [
+                Read(collection, ["u1"], None),
+                Read(other, ["3", "4", "missing"], ["views"]),
+                Read(other, [], ["views"]),
+            ]
+        )
+        assert got == [
+            {"u1": {"views": 2, "smiles": 1}},
+            {"3": {"views": 3}, "4": {"views": 4}},
+            {},
+        ]
+        if store.capabilities.union_reads:
+            assert commands.names == ["aggregate"]
+        else:
+            assert commands.names == ["find", "find"]
+    finally:
+        store.drop(other)

@@ -45,7 +45,7 @@ def two(settings: Settings) -> Iterator[tuple[Settings, str, str]]:
 
 @pytest.fixture(scope="module")
 def events(
-    two: tuple[Settings, str, str], kafka: Service, ferretdb: Service, movielens: Path
+    two: tuple[Settings, str, str], kafka: Service, online_server: Service, movielens: Path
 ) -> dict[str, list[Event]]:
     """Each project's topic filled differently: MovieLens into alpha, memes into beta."""
     settings, alpha, beta = two

@@ -140,7 +140,7 @@ def _write_online(settings: Settings, project: str, seen: dict[str, list[str]]) 
 @pytest.fixture(scope="module")
 def world(
     mlflow_server: Service,
-    ferretdb: Service,
+    online_server: Service,
     kafka: Service,
     ray_cluster: Service,
     settings: Settings,
@@ -561,9 +561,9 @@ def test_tier_one_artifacts_use_external_data_and_serve(world: World, tmp_path: 
 # -- an online-store outage (last: it stops FerretDB and starts it again) -----------------
 
 
-def test_online_store_down_serves_defaults_flagged(world: World, ferretdb: Service) -> None:
+def test_online_store_down_serves_defaults_flagged(world: World, online_server: Service) -> None:
     user = "2"
-    ferretdb.stop()
+    online_server.stop()
     try:
         time.sleep(world.settings.serving.feature_cache_ttl_s + 0.5)  # cached features expire
         started = time.monotonic()
@@ -580,7 +580,7 @@ def test_online_store_down_serves_defaults_flagged(world: World, ferretdb: Servi
         )
         assert second.status_code == 200 and second.json()["features_degraded"] is True
     finally:
-        ferretdb.start(print)
+        online_server.start(print)
     deadline = time.monotonic() + 30
     degraded = True
     while degraded and time.monotonic() < deadline:

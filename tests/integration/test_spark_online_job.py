@@ -102,7 +102,7 @@ def _send(settings: Settings, topic: str, messages: list[bytes], key: bytes = b"
 
 
 def test_every_online_group_is_exact_and_survives_reruns_and_a_lost_commit(
-    settings: Settings, kafka: Service, ferretdb: Service, spark: SparkSession, movielens: Path
+    settings: Settings, kafka: Service, online_server: Service, spark: SparkSession, movielens: Path
 ) -> None:
     local, project = _declare(settings, "ol", builtin_projects()["movielens"])
     produced = replay_movielens(local, project, movielens, limit=N_RATINGS)
@@ -171,7 +171,7 @@ GENRE_GROUP = {
 
 
 def test_spark_equals_aggregate_with_items_joined_by_batched_lookups(
-    settings: Settings, kafka: Service, ferretdb: Service, spark: SparkSession
+    settings: Settings, kafka: Service, online_server: Service, spark: SparkSession
 ) -> None:
     features = ProjectFeatures.model_validate(
         {"feature_groups": [*MEMES["feature_groups"], GENRE_GROUP]}
@@ -249,7 +249,7 @@ def test_spark_equals_aggregate_with_items_joined_by_batched_lookups(
 
 
 def test_malformed_events_are_dead_lettered_with_a_reason_and_counted(
-    settings: Settings, kafka: Service, ferretdb: Service, spark: SparkSession
+    settings: Settings, kafka: Service, online_server: Service, spark: SparkSession
 ) -> None:
     local, project = _declare(settings, "dl", builtin_projects()["movielens"])
     topic = ensure_topic(local, project, partitions=1)
@@ -315,7 +315,7 @@ def test_malformed_events_are_dead_lettered_with_a_reason_and_counted(
 
 
 def test_a_missing_topic_is_waited_for_then_the_job_proceeds(
-    settings: Settings, kafka: Service, ferretdb: Service, spark: SparkSession
+    settings: Settings, kafka: Service, online_server: Service, spark: SparkSession
 ) -> None:
     local, project = _declare(settings, "mt", builtin_projects()["movielens"])
     outcome: dict[str, Any] = {}
@@ -363,11 +363,13 @@ def test_a_missing_topic_is_waited_for_then_the_job_proceeds(
 def test_an_unreachable_store_is_retried_with_backoff_then_reported(
     settings: Settings, kafka: Service, spark: SparkSession, tmp_path: Path
 ) -> None:
-    dead_port = settings.ferretdb.port + 297  # inside this stack's port block, never bound
+    dead_port = settings.kafka.port + 297  # inside this stack's port block, never bound
     local, project = _declare(settings, "st", builtin_projects()["movielens"])
     local = local.model_copy(
         update={
-            "ferretdb": local.ferretdb.model_copy(update={"port": dead_port}),
+            "online_store": local.online_store.model_copy(
+                update={"uri": f"mongodb://127.0.0.1:{dead_port}/", "server": "secantusdb"}
+            ),
             "data_dir": tmp_path,
         }
     )

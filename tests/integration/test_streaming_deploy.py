@@ -62,7 +62,7 @@ def _wait(condition: Callable[[], Any], timeout: float, what: str) -> Any:
 def stack(
     settings: Settings,
     kafka: Service,
-    ferretdb: Service,
+    online_server: Service,
     movielens: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> Iterator[tuple[Settings, str]]:

@@ -60,7 +60,7 @@ def test_topic_recent(settings: Settings, kafka: Service) -> None:
     json.dumps([r.model_dump() for r in (stale, fresh)])  # JSON-serialisable
 
 
-def test_online_matches_offline(settings: Settings, ferretdb: Service) -> None:
+def test_online_matches_offline(settings: Settings, online_server: Service) -> None:
     settings, project = _project(settings)
     events = _events(project, 600)
     with open_offline_store(settings) as store:

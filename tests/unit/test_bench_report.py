@@ -58,6 +58,28 @@ def test_table_has_the_committed_headline_numbers_and_targets(saved: dict[str, A
     assert "![latency](latency.png)" in text
 
 
+def test_feature_read_rows_show_the_reader_cold_and_warm_when_measured() -> None:
+    result = json.loads((SAVED / "feature_read.json").read_text())
+    assert not [r for r in report._feature_read_rows(result) if r.metric.startswith("reader")]
+    timing = {"p50_ms": 1.0, "p99_ms": 1.5, "mean_ms": 1.1}
+    result["headline"] |= {"reader_cold": timing, "reader_warm": timing, "cold_ratio_p99": 1.2}
+    result["targets"] |= {
+        "cold_p99_ms": "reader_cold p99 <= 10.0 ms",
+        "cold_p99_met": True,
+        "warm_p99_ms": "reader_warm p99 <= 2.0 ms",
+        "warm_p99_met": True,
+        "cold_ratio": "reader_cold/bare_find p99 <= 1.5",
+        "cold_ratio_met": True,
+    }
+    where = f"{result['headline']['scenario']} items"
+    rows = {r.metric: r for r in report._feature_read_rows(result)}
+    assert rows[f"reader cold p99 ({where})"] == report.Row(
+        "feature_read", f"reader cold p99 ({where})", "1.5 ms", "reader_cold p99 <= 10.0 ms", True
+    )
+    assert rows[f"reader warm p99 ({where})"].target == "reader_warm p99 <= 2.0 ms"
+    assert rows["reader cold / bare find (p99)"].value == "1.2"
+
+
 def test_write_report_writes_four_pngs_and_the_readme(
     saved: dict[str, Any], tmp_path: Path
 ) -> None:

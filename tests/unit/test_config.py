@@ -13,9 +13,10 @@ def test_defaults_point_at_the_local_stack_on_loopback(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
     s = load_settings()
     assert s.data_dir == tmp_path / ".twotier"
-    assert s.cache == tmp_path / ".twotier" / "cache"
+    assert s.cache == Path("~/.cache/twotier").expanduser()  # shared by every clone
     assert s.kafka.bootstrap == "127.0.0.1:9092"
     assert s.online_store_uri == "mongodb://127.0.0.1:27017/"
     assert s.offline_store_dsn == f"chdb://{tmp_path / '.twotier' / 'offline'}"
@@ -71,7 +72,7 @@ def test_bad_values_name_the_file_and_the_field(tmp_path: Path, text: str, expec
 def test_allowed_values_are_listed(tmp_path: Path) -> None:
     cfg = tmp_path / "twotier.yaml"
     cfg.write_text("stack:\n  services: [kafka, postgres]\n")
-    with pytest.raises(ConfigError, match="ferretdb"):
+    with pytest.raises(ConfigError, match="secantusdb"):
         load_settings(cfg)
 
 

@@ -1,5 +1,5 @@
 """The serving app's pieces that need no cluster: imports, bodies, routing, the alias
-directory, the byte-budget model cache, the feature cache and outage defaults, config."""
+directory, the byte-budget model cache, config (online features: test_feature_reader)."""
 
 from __future__ import annotations
 
@@ -9,9 +9,7 @@ import inspect
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
-import numpy as np
 import pytest
 import yaml
 from pydantic import ValidationError
@@ -21,12 +19,9 @@ from ray.serve.schema import ServeDeploySchema
 from twotier.events import KNOWN_ACTIONS, Event
 from twotier.experiments import Experiment, ExperimentGroup, assign
 from twotier.features.builtin import builtin_projects
-from twotier.features.online import assemble_matrix
-from twotier.online_store import OnlineStoreError
 from twotier.registry import ModelVersionRef
 from twotier.serve_apps.alias_directory import AliasDirectory
 from twotier.serve_apps.app import DEPLOYMENTS, ServingArgs, build
-from twotier.serve_apps.feature_reader import FeatureReader, seen_mask
 from twotier.serve_apps.model_cache import Loaded, ModelCache
 from twotier.serve_apps.recommendation_log import RECOMMENDATION_ACTION
 from twotier.serve_apps.routing import RouteNotFound, check_model, route, tier_two_model
@@ -237,64 +232,6 @@ def test_model_cache_keeps_models_within_the_byte_budget() -> None:
     asyncio.run(scenario())
     with pytest.raises(ValueError, match="budget"):
         ModelCache(load, 0)
-
-
-# -- online features: TTL cache and outage defaults -------------------------------------------
-
-
-class _Features:
-    """An ``OnlineFeatures`` stand-in: counts reads, and can be switched to failing."""
-
-    def __init__(self) -> None:
-        self.reads = 0
-        self.down = False
-
-    def matrix_for_spec(
-        self, spec: Any, project: str, user: str, candidates: Any, request: Any
-    ) -> np.ndarray:
-        self.reads += 1
-        if self.down:
-            raise OnlineStoreError("online store unreachable: connection refused")
-        docs = [[{"views": 5.0}], [{"views": 9.0} for _ in candidates]]
-        return assemble_matrix(spec, docs, len(candidates), request, now_ms=0)
-
-
-def test_feature_reader_caches_and_serves_defaults_when_the_store_is_down() -> None:
-    spec = builtin_projects()["movielens"].model_spec("ranker")
-    now = [0.0]
-    store = _Features()
-    reader = FeatureReader(store, ttl_s=2.0, retry_s=5.0, clock=lambda: now[0])
-    first, degraded = reader.matrix(spec, "p", "1", ["a", "b"])
-    assert not degraded and first[0, 0] == 5.0 and store.reads == 1
-    again, _ = reader.matrix(spec, "p", "1", ["a", "b"])
-    assert store.reads == 1 and again is first  # within the TTL
-    reader.matrix(spec, "p", "1", ["a", "c"])
-    assert store.reads == 2  # other candidates: another read
-    now[0] = 2.5
-    store.down = True
-    defaults, degraded = reader.matrix(spec, "p", "1", ["a", "b"])
-    expected = assemble_matrix(spec, [[None], [None]], 2, {})
-    assert degraded and store.reads == 3
-    np.testing.assert_allclose(defaults[:, :9], expected[:, :9])  # counters, rates: defaults
-    for _ in range(10):  # within retry_s the store is not asked again
-        assert reader.matrix(spec, "p", "2", ["x"])[1]
-    assert store.reads == 3
-    now[0] = 8.0
-    store.down = False
-    assert not reader.matrix(spec, "p", "2", ["x"])[1] and store.reads == 4
-
-
-def test_seen_mask_reads_user_item_counters() -> None:
-    spec = builtin_projects()["memes"].model_spec("ranker")
-    docs: list[list[dict[str, float] | None]] = [
-        [{"views": 1.0}],
-        [None, None, None],
-        [{"views": 2.0}, None, {"views": 0.0}],
-    ]
-    matrix = assemble_matrix(spec, docs, 3, {"position": 1.0}, now_ms=0)
-    assert seen_mask(spec, matrix).tolist() == [True, False, False]
-    plain = builtin_projects()["movielens"].model_spec("ranker")
-    assert not seen_mask(plain, np.ones((2, len(plain.columns())))).any()
 
 
 # -- the application and its config file ----------------------------------------------------

@@ -70,6 +70,31 @@ def read_ids(group: FeatureGroup, user_id: str, candidates: Sequence[str]) -> li
     return [entity_id(group.entity, user_id, c) for c in candidates]
 
 
+def check_matrix_request(spec: ModelFeatureSpec, user_id: str, candidates: Sequence[str]) -> None:
+    """Refuse a matrix request that no store read can answer: bad ids, offline-only groups.
+
+    Args:
+        spec: The model's feature spec.
+        user_id: The requesting user.
+        candidates: The candidate item ids.
+
+    Raises:
+        ValueError: An id is not a non-empty string, or the model reads a feature group
+            that is not kept online.
+    """
+    if not isinstance(user_id, str) or not user_id:
+        raise ValueError(f"invalid user id {user_id!r}: ids are non-empty strings")
+    bad = next((c for c in candidates if not isinstance(c, str) or not c), None)
+    if bad is not None:
+        raise ValueError(f"invalid candidate id {bad!r}: ids are non-empty strings (use str())")
+    offline_only = [g.name for g in spec.groups if not g.online]
+    if offline_only:
+        raise ValueError(
+            f"model {spec.model.name!r} reads offline-only feature group(s) {offline_only}; "
+            "set `online: true` on them to serve this model"
+        )
+
+
 def assemble_matrix(
     spec: ModelFeatureSpec,
     group_docs: Sequence[Sequence[Doc]],
@@ -300,17 +325,7 @@ class OnlineFeatures(Closing):
         trained on ``item_stats`` v1 keeps reading v1 after the configuration moves on.
         Each group is one round trip, fetching only its stored fields.
         """
-        if not isinstance(user_id, str) or not user_id:
-            raise ValueError(f"invalid user id {user_id!r}: ids are non-empty strings")
-        bad = next((c for c in candidates if not isinstance(c, str) or not c), None)
-        if bad is not None:
-            raise ValueError(f"invalid candidate id {bad!r}: ids are non-empty strings (use str())")
-        offline_only = [g.name for g in spec.groups if not g.online]
-        if offline_only:
-            raise ValueError(
-                f"model {spec.model.name!r} reads offline-only feature group(s) {offline_only}; "
-                "set `online: true` on them to serve this model"
-            )
+        check_matrix_request(spec, user_id, candidates)
         n = len(candidates)
         if n == 0:
             return np.empty((0, len(spec.columns())), dtype=np.float32)

@@ -12,6 +12,7 @@ from twotier.online_store.base import (
     OnlineStore,
     OnlineStoreCapabilities,
     OnlineStoreError,
+    Read,
 )
 
 __all__ = [
@@ -19,6 +20,7 @@ __all__ = [
     "OnlineStore",
     "OnlineStoreCapabilities",
     "OnlineStoreError",
+    "Read",
     "connect",
 ]
 

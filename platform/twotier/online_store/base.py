@@ -23,15 +23,42 @@ class OnlineStoreError(TwotierError):
 
 @dataclass(frozen=True)
 class OnlineStoreCapabilities:
-    """What a backend can do, declared rather than hidden.
+    """What a backend can do, declared rather than hidden; the hot paths follow it.
 
     Attributes:
         transactions: Multi-document transactions are available.
         change_streams: Changes can be watched (``collection.watch()``).
+        indexed_in: ``{"_id": {"$in": ids}}`` is an index lookup (not a collection scan),
+            so an existence read or a large ``$in`` is cheap.
+        bulk_upsert: One unordered bulk of compare-and-set updates with upsert reports a
+            duplicate-key error per already-applied document and exact counts, so a
+            batch is written in one command without reading first.
+        union_reads: Reads of several collections can be answered by one query
+            (``$unionWith``), so a serving request is one round trip.
+        statements_per_command: Update statements one write command may carry.
     """
 
     transactions: bool
     change_streams: bool
+    indexed_in: bool = True
+    bulk_upsert: bool = True
+    union_reads: bool = True
+    statements_per_command: int = 10_000
+
+
+@dataclass(frozen=True)
+class Read:
+    """One ``get_many`` of a multi-collection read (``OnlineStore.get_groups``).
+
+    Attributes:
+        collection: The collection to read.
+        ids: Entity ids; unknown ids are absent from the answer.
+        fields: Only these feature fields; all when None.
+    """
+
+    collection: str
+    ids: Sequence[str]
+    fields: Sequence[str] | None = None
 
 
 @dataclass(frozen=True)
@@ -205,6 +232,24 @@ class OnlineStore(ABC, Closing):
         Raises:
             OnlineStoreError: A field name is invalid or the server refused the query.
         """
+
+    def get_groups(self, reads: Sequence[Read]) -> list[dict[str, dict[str, float]]]:
+        """Several ``get_many`` reads, in one round trip where the backend can.
+
+        A serving request reads its user's document and the items missing from its
+        cache from different collections; backends that can union collections in one
+        query (``capabilities.union_reads``) answer them together.
+
+        Args:
+            reads: The reads; an empty ``ids`` reads nothing.
+
+        Returns:
+            One answer per read, in order, shaped like ``get_many``'s.
+
+        Raises:
+            OnlineStoreError: A field name is invalid or the server refused the query.
+        """
+        return [self.get_many(r.collection, r.ids, r.fields) if r.ids else {} for r in reads]
 
     @abstractmethod
     def sum_fields(self, collection: str, fields: Sequence[str]) -> tuple[int, dict[str, float]]:

@@ -6,12 +6,13 @@ import contextlib
 import logging
 import numbers
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import replace
 from functools import cached_property
 from typing import Any
 
-from pymongo import ASCENDING, MongoClient
-from pymongo.errors import CollectionInvalid, PyMongoError
+from pymongo import ASCENDING, MongoClient, UpdateOne
+from pymongo.errors import BulkWriteError, CollectionInvalid, PyMongoError
+from pymongo.write_concern import WriteConcern
 
 from twotier.config import MongoDBOnlineStoreConfig, Settings
 from twotier.online_store.base import (
@@ -19,6 +20,7 @@ from twotier.online_store.base import (
     OnlineStore,
     OnlineStoreCapabilities,
     OnlineStoreError,
+    Read,
     check_batch_key,
     check_field_name,
     check_increments,
@@ -29,6 +31,8 @@ log = logging.getLogger(__name__)
 BATCHES_FIELD = "_batch"
 """Per writer (batch key), the last batch id applied to the document."""
 
+_READ_TAG = "_twotier_read"
+"""Added to each document of a union read: the position of the read it answers."""
 _DUPLICATE_KEY = 11000
 _ATTEMPTS = 3
 _READ_CHUNK = 5_000
@@ -37,19 +41,41 @@ _INSERT_CHUNK = 1_000
 """Documents per insert command."""
 
 
-@dataclass(frozen=True)
-class _Server:
-    """What the connected server is, and how many statements one write command may hold."""
+# What each kind of server declares (``online_store.server``); the hot paths follow these
+# flags, never the server's name. A real MongoDB has transactions and change streams only
+# as a replica set, which ``hello`` tells.
+DECLARED_CAPABILITIES: dict[str, OnlineStoreCapabilities] = {
+    "mongodb": OnlineStoreCapabilities(transactions=True, change_streams=True),
+    "secantusdb": OnlineStoreCapabilities(transactions=True, change_streams=True),
+    # FerretDB v1 (SQLite) scans the collection for $in and for every filtered update,
+    # stops an "unordered" batch at its first error, omits nModified, lacks $unionWith,
+    # and keeps one SQLite connection per update statement until the command ends (at
+    # its pool size of 100 a larger command deadlocks).
+    "ferretdb": OnlineStoreCapabilities(
+        transactions=False,
+        change_streams=False,
+        indexed_in=False,
+        bulk_upsert=False,
+        union_reads=False,
+        statements_per_command=50,
+    ),
+}
 
-    ferretdb: bool
-    replica_set: bool
-    statements_per_command: int
 
+def declared_capabilities(settings: Settings, replica_set: bool) -> OnlineStoreCapabilities:
+    """The capabilities of ``settings.online_server_kind`` with the configured overrides.
 
-# FerretDB v1 (SQLite) keeps one SQLite connection open per filtered update statement
-# until the whole command ends; at its pool size of 100 a larger command deadlocks.
-_FERRETDB_STATEMENTS = 50
-_MONGODB_STATEMENTS = 10_000
+    Args:
+        settings: Uses ``online_server_kind`` and ``online_store.capabilities``.
+        replica_set: Whether the server said it is a replica-set member (``hello``);
+            without one there are neither transactions nor change streams.
+    """
+    config = settings.online_store
+    declared = DECLARED_CAPABILITIES[settings.online_server_kind]
+    if not replica_set:
+        declared = replace(declared, transactions=False, change_streams=False)
+    overrides = config.capabilities.model_dump(exclude_none=True)
+    return replace(declared, **overrides)
 
 
 def _number(value: Any) -> int | float:
@@ -80,30 +106,52 @@ class MongoDBOnlineStore(OnlineStore):
 
     Fields starting with ``_`` are bookkeeping and never returned by ``get_many``.
 
-    A batch is written in two steps, neither of which reads first:
+    Every document gets one ``$inc`` + ``$max`` + ``$set`` whose filter is a
+    compare-and-set on ``_batch.<writer>`` (missing or lower than the batch id). How a
+    batch reaches the server follows the declared capabilities:
 
-    1. every document is upserted by ``_id`` alone with ``$setOnInsert`` (creates the
-       missing ones; never conflicts with an existing one);
-    2. every document gets one ``$inc`` + ``$max`` + ``$set`` whose filter is a
-       compare-and-set on ``_batch.<writer>`` (missing or lower than the batch id).
+    * ``bulk_upsert`` (MongoDB, SecantusDB): one unordered ``bulk_write`` of those
+      updates with ``upsert``, no read first. An already-applied document does not
+      match, so its upsert collides with the existing ``_id``: the duplicate-key error
+      *is* the "skipped". Only those ids are then read back, to tell a replay from an
+      insert race with another writer (which is retried).
+    * otherwise (FerretDB v1): one existence read, new entities inserted whole with the
+      batch marker, then the compare-and-set updates in ordered commands of
+      ``statements_per_command``. FerretDB v1 scans the collection for every upsert,
+      stops an "unordered" batch at its first error and omits ``nModified``.
 
-    A replayed batch is then a plain non-match rather than a duplicate-key error.
-    That matters on FerretDB v1, which stops an "unordered" batch at its first error
-    and omits ``nModified`` from the reply, so per-operation error handling cannot
-    work there. No transactions or change streams are needed (FerretDB v1 has neither).
+    No transactions or change streams are needed for exactly once.
     """
 
-    def __init__(self, client: MongoClient[dict[str, Any]], database: str) -> None:
-        """Use ``client``'s ``database``; the store closes the client in ``close()``."""
+    def __init__(
+        self,
+        client: MongoClient[dict[str, Any]],
+        database: str,
+        declared: OnlineStoreCapabilities | None = None,
+        *,
+        journal: bool = True,
+    ) -> None:
+        """Use ``client``'s ``database``; the store closes the client in ``close()``.
+
+        Args:
+            client: The pymongo client.
+            database: The database of the feature collections.
+            declared: What the server can do (default: a real MongoDB's); transactions
+                and change streams are dropped when the server is no replica set.
+            journal: Acknowledge writes only once they are journaled (``j: true``).
+        """
         self._client = client
-        self._db = client[database]
+        self._declared = declared or DECLARED_CAPABILITIES["mongodb"]
+        self._write_concern = WriteConcern(j=True) if journal else WriteConcern()
+        self._db = client.get_database(database, write_concern=self._write_concern)
 
     @classmethod
     def from_settings(cls, settings: Settings, **client_kwargs: Any) -> MongoDBOnlineStore:
-        """Connect to ``settings.online_store_uri`` (the local FerretDB by default).
+        """Connect to ``settings.online_store_uri`` (the local SecantusDB by default).
 
         Args:
-            settings: Uses ``online_store`` (a ``MongoDBOnlineStoreConfig``) and ``ferretdb``.
+            settings: Uses ``online_store`` (a ``MongoDBOnlineStoreConfig``), the local
+                server's address and ``online_server_kind`` for the declared capabilities.
             **client_kwargs: Passed to ``MongoClient`` (e.g. ``event_listeners``).
 
         Returns:
@@ -117,28 +165,32 @@ class MongoDBOnlineStore(OnlineStore):
         client: MongoClient[dict[str, Any]] = MongoClient(
             settings.online_store_uri, tz_aware=True, **client_kwargs
         )
-        return cls(client, config.database)
+        return cls(
+            client,
+            config.database,
+            declared_capabilities(settings, replica_set=True),
+            journal=config.journal,
+        )
 
     # -- lifecycle -----------------------------------------------------------
 
     @cached_property
-    def _server(self) -> _Server:
+    def _caps(self) -> OnlineStoreCapabilities:
         try:
-            build = self._client.admin.command("buildInfo")
             hello = self._client.admin.command("hello")
         except PyMongoError as exc:
             raise OnlineStoreError(
-                f"online store unreachable: {exc} (is FerretDB/MongoDB running? `twotier up`)"
+                f"online store unreachable: {exc} (is the MongoDB-wire server running? "
+                "`twotier up`, or check online_store.uri)"
             ) from exc
-        ferretdb = "ferretdbVersion" in build or "ferretdb" in build
-        statements = _FERRETDB_STATEMENTS if ferretdb else _MONGODB_STATEMENTS
-        return _Server(ferretdb, "setName" in hello, statements)
+        if "setName" in hello:
+            return self._declared
+        return replace(self._declared, transactions=False, change_streams=False)
 
     @property
     def capabilities(self) -> OnlineStoreCapabilities:
-        """FerretDB v1: neither; MongoDB: both when it runs as a replica set."""
-        supported = self._server.replica_set and not self._server.ferretdb
-        return OnlineStoreCapabilities(transactions=supported, change_streams=supported)
+        """The declared capabilities; transactions and change streams need a replica set."""
+        return self._caps
 
     def close(self) -> None:
         self._client.close()
@@ -188,12 +240,130 @@ class MongoDBOnlineStore(OnlineStore):
         ids = list(dict.fromkeys([*counters, *highest]))
         if not ids:
             return ApplyResult(batch_id, 0, 0, 0)
-        label = f"{batch_key}/{batch_id}"
         marker = f"{BATCHES_FIELD}.{batch_key}"
-        # New entities are inserted whole, with this batch's marker: one bulk insert
-        # instead of an upsert each (FerretDB v1 scans the collection for every update
-        # statement). A replay finds them present and marked, so they are not counted twice.
-        present = self._existing(collection, ids, label)
+        updates: dict[str, dict[str, Any]] = {}
+        for i in ids:
+            update: dict[str, Any] = {"$set": {marker: batch_id}}
+            if counters.get(i):
+                update["$inc"] = counters[i]
+            if highest.get(i):
+                update["$max"] = highest[i]
+            updates[i] = update
+        label = f"{batch_key}/{batch_id}"
+        if self.capabilities.bulk_upsert:
+            written = self._apply_bulk(collection, marker, batch_id, updates, label)
+        else:
+            written = self._apply_read_first(
+                collection, batch_key, batch_id, updates, counters, highest, label
+            )
+        return ApplyResult(batch_id, len(ids), written, len(ids) - written)
+
+    def _apply_bulk(
+        self,
+        collection: str,
+        marker: str,
+        batch_id: int,
+        updates: Mapping[str, dict[str, Any]],
+        batch: str,
+    ) -> int:
+        """Compare-and-set upserts in unordered bulks; returns the documents written.
+
+        "$not $gte" also matches a document without a marker for this writer. A
+        document that has this batch already does not match; its upsert then collides
+        with the existing ``_id``. The colliding ids are read back: those marked with
+        this batch (or a later one) were already applied, the others were inserted by
+        another writer meanwhile and are updated in the next attempt.
+        """
+        written = 0
+        pending = list(updates)
+        for attempt in range(1, _ATTEMPTS + 1):
+            collided: list[str] = []
+            for chunk in _chunks(pending, self.capabilities.statements_per_command):
+                ops = [
+                    UpdateOne(
+                        {"_id": i, marker: {"$not": {"$gte": batch_id}}}, updates[i], upsert=True
+                    )
+                    for i in chunk
+                ]
+                written_now, collided_now = self._bulk(collection, ops, chunk, batch)
+                written += written_now
+                collided += collided_now
+            if not collided:
+                return written
+            applied = self._applied(collection, collided, marker, batch_id, batch)
+            pending = [i for i in collided if i not in applied]
+            if not pending:
+                return written
+            log.info(
+                "online store: %d insert race(s) on %s in batch %s, retrying (attempt %d)",
+                len(pending),
+                collection,
+                batch,
+                attempt,
+            )
+        raise OnlineStoreError(
+            f"write of batch {batch} to {collection!r} kept colliding for ids {pending[:5]} "
+            f"after {_ATTEMPTS} attempts (the batch is safe to replay)"
+        )
+
+    def _bulk(
+        self, collection: str, ops: list[UpdateOne], ids: list[str], batch: str
+    ) -> tuple[int, list[str]]:
+        """One unordered bulk; returns (documents written, ids whose upsert collided)."""
+        try:
+            result = self._db[collection].bulk_write(ops, ordered=False)
+            return result.matched_count + result.upserted_count, []
+        except BulkWriteError as exc:
+            details = exc.details
+            collided: list[str] = []
+            for error in details.get("writeErrors") or []:
+                entity_id = ids[int(error.get("index", 0))]
+                if error.get("code") != _DUPLICATE_KEY:
+                    raise OnlineStoreError(
+                        f"write of batch {batch} to {collection!r} failed for id "
+                        f"{entity_id!r}: {error.get('errmsg')} (the batch is safe to replay)"
+                    ) from exc
+                collided.append(entity_id)
+            written = int(details.get("nMatched", 0)) + int(details.get("nUpserted", 0))
+            return written, collided
+        except PyMongoError as exc:
+            raise OnlineStoreError(
+                f"cannot write batch {batch} to {collection!r}: {exc} (safe to replay)"
+            ) from exc
+
+    def _applied(
+        self, collection: str, ids: list[str], marker: str, batch_id: int, batch: str
+    ) -> set[str]:
+        """Which of ``ids`` carry ``batch_id`` (or a later batch) under ``marker``."""
+        try:
+            cursor = self._db[collection].find(
+                {"_id": {"$in": ids}, marker: {"$gte": batch_id}}, {"_id": 1}
+            )
+            return {str(doc["_id"]) for doc in cursor}
+        except PyMongoError as exc:
+            raise OnlineStoreError(
+                f"cannot read {collection!r} for batch {batch}: {exc} (safe to replay)"
+            ) from exc
+
+    def _apply_read_first(
+        self,
+        collection: str,
+        batch_key: str,
+        batch_id: int,
+        updates: Mapping[str, dict[str, Any]],
+        counters: Mapping[str, Mapping[str, float]],
+        highest: Mapping[str, Mapping[str, float]],
+        batch: str,
+    ) -> int:
+        """Existence read, bulk insert of new entities, ordered CAS updates of the rest.
+
+        New entities are inserted whole, with this batch's marker: one bulk insert
+        instead of an upsert each (FerretDB v1 scans the collection for every update
+        statement). A replay finds them present and marked, so they are not counted twice.
+        """
+        marker = f"{BATCHES_FIELD}.{batch_key}"
+        ids = list(updates)
+        present = self._existing(collection, ids, batch)
         fresh = [i for i in ids if i not in present]
         inserted, raced = self._insert_new(
             collection,
@@ -206,23 +376,18 @@ class MongoDBOnlineStore(OnlineStore):
                 }
                 for i in fresh
             ],
-            label,
+            batch,
         )
-        cas = []
-        for i in [i for i in ids if i in present or i in raced]:
-            update: dict[str, Any] = {"$set": {marker: batch_id}}
-            if counters.get(i):
-                update["$inc"] = counters[i]
-            if highest.get(i):
-                update["$max"] = highest[i]
-            # "$not $gte" also matches a document without a marker for this writer.
-            cas.append({"q": {"_id": i, marker: {"$not": {"$gte": batch_id}}}, "u": update})
+        cas = [
+            {"q": {"_id": i, marker: {"$not": {"$gte": batch_id}}}, "u": updates[i]}
+            for i in ids
+            if i in present or i in raced
+        ]
         updated = sum(
-            self._update(collection, chunk, label)
-            for chunk in _chunks(cas, self._server.statements_per_command)
+            self._update(collection, chunk, batch)
+            for chunk in _chunks(cas, self.capabilities.statements_per_command)
         )
-        written = inserted + updated
-        return ApplyResult(batch_id, len(ids), written, len(ids) - written)
+        return inserted + updated
 
     def _existing(self, collection: str, ids: list[str], batch: str) -> set[str]:
         """Which of ``ids`` have a document already (one scan per chunk on FerretDB v1)."""
@@ -243,25 +408,40 @@ class MongoDBOnlineStore(OnlineStore):
         """Insert documents of new entities; returns (inserted, ids another writer created).
 
         An id inserted meanwhile by someone else fails with a duplicate key; the caller
-        applies those through the compare-and-set update instead.
+        applies those through the compare-and-set update instead. FerretDB v1 stops an
+        "unordered" insert at its first error, so the documents after the last reported
+        error that the reply does not account for are sent again.
         """
         inserted, raced = 0, set()
         for chunk in _chunks(docs, _INSERT_CHUNK):
-            try:
-                reply = self._db.command("insert", collection, documents=chunk, ordered=False)
-            except PyMongoError as exc:
-                raise OnlineStoreError(
-                    f"cannot write batch {batch} to {collection!r}: {exc} (safe to replay)"
-                ) from exc
-            inserted += int(reply.get("n", 0))
-            for error in reply.get("writeErrors") or []:
-                entity_id = str(chunk[int(error.get("index", 0))]["_id"])
-                if error.get("code") != _DUPLICATE_KEY:
-                    raise OnlineStoreError(
-                        f"write of batch {batch} to {collection!r} failed for id "
-                        f"{entity_id!r}: {error.get('errmsg')} (the batch is safe to replay)"
+            remaining = chunk
+            while remaining:
+                try:
+                    reply = self._db.command(
+                        "insert",
+                        collection,
+                        documents=remaining,
+                        ordered=False,
+                        writeConcern=self._write_concern.document,
                     )
-                raced.add(entity_id)
+                except PyMongoError as exc:
+                    raise OnlineStoreError(
+                        f"cannot write batch {batch} to {collection!r}: {exc} (safe to replay)"
+                    ) from exc
+                n = int(reply.get("n", 0))
+                inserted += n
+                errors = reply.get("writeErrors") or []
+                for error in errors:
+                    entity_id = str(remaining[int(error.get("index", 0))]["_id"])
+                    if error.get("code") != _DUPLICATE_KEY:
+                        raise OnlineStoreError(
+                            f"write of batch {batch} to {collection!r} failed for id "
+                            f"{entity_id!r}: {error.get('errmsg')} (the batch is safe to replay)"
+                        )
+                    raced.add(entity_id)
+                if not errors or n + len(errors) >= len(remaining):
+                    break
+                remaining = remaining[max(int(e.get("index", 0)) for e in errors) + 1 :]
         return inserted, raced
 
     def _update(self, collection: str, statements: list[dict[str, Any]], batch: str) -> int:
@@ -273,7 +453,13 @@ class MongoDBOnlineStore(OnlineStore):
         """
         for attempt in range(1, _ATTEMPTS + 1):
             try:
-                reply = self._db.command("update", collection, updates=statements, ordered=True)
+                reply = self._db.command(
+                    "update",
+                    collection,
+                    updates=statements,
+                    ordered=True,
+                    writeConcern=self._write_concern.document,
+                )
             except PyMongoError as exc:
                 raise OnlineStoreError(
                     f"cannot write batch {batch} to {collection!r}: {exc} (safe to replay)"
@@ -323,6 +509,48 @@ class MongoDBOnlineStore(OnlineStore):
             str(doc["_id"]): {k: v for k, v in doc.items() if not k.startswith("_")} for doc in docs
         }
 
+    def get_groups(self, reads: Sequence[Read]) -> list[dict[str, dict[str, float]]]:
+        """One aggregation with ``$unionWith`` where the server can (``union_reads``).
+
+        Each read becomes a ``$match`` + ``$project`` stage, tagged with its position, so
+        the answers of several collections come back in one round trip.
+        """
+        answers: list[dict[str, dict[str, float]]] = [{} for _ in reads]
+        active = [(n, r) for n, r in enumerate(reads) if r.ids]
+        if len(active) < 2 or not self.capabilities.union_reads:
+            for n, r in active:
+                answers[n] = self.get_many(r.collection, r.ids, r.fields)
+            return answers
+
+        def stages(n: int, read: Read) -> list[dict[str, Any]]:
+            ids = list(dict.fromkeys(read.ids))
+            if read.fields is None:
+                projection: dict[str, Any] = {BATCHES_FIELD: 0}
+            else:
+                projection = {check_field_name(name): 1 for name in read.fields}
+            return [
+                {"$match": {"_id": {"$in": ids}}},
+                {"$project": projection},
+                {"$addFields": {_READ_TAG: n}},
+            ]
+
+        (first_n, first), *rest = active
+        pipeline = stages(first_n, first)
+        pipeline += [
+            {"$unionWith": {"coll": r.collection, "pipeline": stages(n, r)}} for n, r in rest
+        ]
+        try:
+            docs = list(self._db[first.collection].aggregate(pipeline))
+        except PyMongoError as exc:
+            names = sorted({r.collection for _, r in active})
+            raise OnlineStoreError(f"cannot read {names}: {exc}") from exc
+        for doc in docs:
+            n = int(doc.pop(_READ_TAG))
+            answers[n][str(doc.pop("_id"))] = {
+                k: v for k, v in doc.items() if not k.startswith("_")
+            }
+        return answers
+
     def sum_fields(self, collection: str, fields: Sequence[str]) -> tuple[int, dict[str, float]]:
         names = [check_field_name(name) for name in fields]
         totals = dict.fromkeys(names, 0.0)
@@ -355,7 +583,7 @@ class MongoDBOnlineStore(OnlineStore):
             for entity_id, fields in values.items()
             if fields
         ]
-        size = self._server.statements_per_command
+        size = self.capabilities.statements_per_command
         return sum(
             self._update(collection, chunk, "set_fields") for chunk in _chunks(statements, size)
         )

@@ -1,0 +1,117 @@
+"""Choosing the local MongoDB-wire server: SecantusDB by default, FerretDB as the alternative."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from twotier.config import ConfigError, Settings, load_settings
+from twotier.infra.secantusdb import SecantusDBService
+from twotier.infra.service import StackError
+from twotier.infra.stack import Stack, make_service
+from twotier.online_store.mongodb import DECLARED_CAPABILITIES, declared_capabilities
+
+
+def test_secantusdb_is_the_default_online_server(tmp_path: Path) -> None:
+    settings = load_settings(data_dir=tmp_path)
+    assert settings.local_online_server == "secantusdb"
+    assert settings.online_server_kind == "secantusdb"
+    assert settings.online_store_uri == "mongodb://127.0.0.1:27017/"
+    assert [s.name for s in Stack(settings).services] == [
+        "kafka",
+        "secantusdb",
+        "mlflow",
+        "dagster",
+        "ray",
+    ]
+    assert make_service("online_store", settings).name == "secantusdb"
+
+
+def test_ferretdb_is_chosen_in_configuration(tmp_path: Path) -> None:
+    config = tmp_path / "twotier.yaml"
+    config.write_text("stack:\n  online_server: ferretdb\n")
+    settings = load_settings(config, data_dir=tmp_path)
+    assert settings.online_store_uri == f"mongodb://127.0.0.1:{settings.ferretdb.port}/"
+    assert settings.online_server_kind == "ferretdb"
+    assert [s.name for s in Stack(settings).services][1] == "ferretdb"
+    caps = declared_capabilities(settings, replica_set=False)
+    assert not caps.bulk_upsert and not caps.indexed_in and caps.statements_per_command == 50
+
+
+def test_an_explicit_server_in_the_service_list_wins(tmp_path: Path) -> None:
+    settings = load_settings(data_dir=tmp_path, stack={"services": ["kafka", "ferretdb"]})
+    assert settings.local_online_server == "ferretdb"
+    assert [s.name for s in Stack(settings).services] == ["kafka", "ferretdb"]
+
+
+def test_a_uri_means_a_real_mongodb_unless_told(tmp_path: Path) -> None:
+    uri = "mongodb://db1.example:27017,db2.example:27017/?replicaSet=rs0"
+    settings = load_settings(data_dir=tmp_path, online_store={"uri": uri})
+    assert settings.online_store_uri == uri
+    assert settings.online_server_kind == "mongodb"
+    assert declared_capabilities(settings, replica_set=True) == DECLARED_CAPABILITIES["mongodb"]
+    # A standalone mongod has neither transactions nor change streams.
+    standalone = declared_capabilities(settings, replica_set=False)
+    assert not standalone.transactions and not standalone.change_streams
+    told = load_settings(data_dir=tmp_path, online_store={"uri": uri, "server": "ferretdb"})
+    assert told.online_server_kind == "ferretdb"
+
+
+def test_capability_overrides_apply_one_by_one(tmp_path: Path) -> None:
+    settings = load_settings(
+        data_dir=tmp_path, online_store={"capabilities": {"union_reads": False}}
+    )
+    caps = declared_capabilities(settings, replica_set=True)
+    assert not caps.union_reads
+    assert caps.bulk_upsert  # the rest stays as declared
+
+
+@pytest.mark.parametrize(
+    ("env", "value"),
+    [
+        ("TWOTIER_STACK__ONLINE_SERVER", "mongod"),
+        ("TWOTIER_ONLINE_STORE__SERVER", "postgres"),
+        ("TWOTIER_SECANTUSDB__CACHE_SIZE", "lots"),
+    ],
+)
+def test_bad_server_settings_are_refused(
+    env: str, value: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv(env, value)
+    with pytest.raises(ConfigError, match=value):
+        load_settings(data_dir=tmp_path)
+
+
+def test_secantusdb_runs_durable_on_loopback_with_its_own_config(settings: Settings) -> None:
+    service = SecantusDBService(settings)
+    cmd = service.command()
+    assert "--host=127.0.0.1" in cmd
+    assert f"--port={settings.secantusdb.port}" in cmd
+    assert f"--storage-path={service.data_dir / 'data'}" in cmd
+    assert f"--config={service.data_dir / 'secantusd.toml'}" in cmd  # no auto-discovery
+    assert "--sync-on-commit" in cmd
+    assert (
+        service.binary == service.cache_dir / settings.secantusdb.version / "bin" / "secantusd-rs"
+    )
+    fast = settings.model_copy(
+        update={"secantusdb": settings.secantusdb.model_copy(update={"sync_on_commit": False})}
+    )
+    assert "--sync-on-commit" not in SecantusDBService(fast).command()
+
+
+def test_missing_cargo_is_a_stack_error_with_a_fix(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))
+    fresh = settings.model_copy(update={"cache_dir": tmp_path / "cache"})
+    with pytest.raises(StackError, match=r"secantusdb: cargo is not on PATH.* Fix: install Rust"):
+        SecantusDBService(fresh).install()
+
+
+def test_the_cache_lives_outside_the_clone(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    settings = load_settings(data_dir=tmp_path / "data")
+    assert settings.cache == tmp_path / "xdg" / "twotier"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    assert load_settings(data_dir=tmp_path).cache == Path("~/.cache/twotier").expanduser()
