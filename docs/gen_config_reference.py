@@ -62,6 +62,18 @@ MEANINGS: dict[str, str] = {
     "kafka.controller_port": "KRaft controller port of the local broker.",
     "kafka.version": "Kafka release downloaded from Maven Central for the local broker.",
     "kafka.heap_mb": "JVM heap of the local broker, in MiB.",
+    "secantusdb.host": "Interface the local SecantusDB binds.",
+    "secantusdb.port": "MongoDB-wire port of the local SecantusDB.",
+    "secantusdb.version": "`secantus-mdb` release built from crates.io with cargo.",
+    "online_store.capabilities.transactions": "Override: multi-document transactions.",
+    "online_store.capabilities.change_streams": "Override: `collection.watch()` works.",
+    "online_store.capabilities.indexed_in": "Override: `_id` `$in` is an index lookup.",
+    "online_store.capabilities.bulk_upsert": "Override: one unordered bulk of CAS upserts "
+    "per batch, no read first.",
+    "online_store.capabilities.union_reads": "Override: several collections in one query "
+    "(`$unionWith`).",
+    "online_store.capabilities.statements_per_command": "Override: update statements per "
+    "write command.",
     "ferretdb.host": "Interface the local FerretDB binds.",
     "ferretdb.port": "MongoDB-wire port of the local FerretDB.",
     "ferretdb.version": "FerretDB release built from the Go module proxy.",
@@ -84,7 +96,8 @@ MEANINGS: dict[str, str] = {
     "spark.scala": "Scala version of the Kafka connector jars.",
     "spark.driver_memory": "Memory of the Spark driver (`spark.driver.memory`).",
     "spark.trigger_seconds": "Micro-batch trigger interval of the online (streaming) job.",
-    "stack.services": "Services `twotier up` starts, in this order.",
+    "stack.services": "Services `twotier up` starts, in this order; `online_store` stands for "
+    "`stack.online_server`.",
     "stack.start_timeout_s": "Seconds each service may take to become healthy.",
     "pipelines.retrain_cron": "Cron expression of the retrain schedule (hourly by default).",
 }

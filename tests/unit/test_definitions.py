@@ -160,7 +160,7 @@ def test_schedule_requests_a_tagged_retrain_run() -> None:
 
 def test_resources_cover_every_external_system(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("TWOTIER_CONFIG", raising=False)
-    monkeypatch.setenv("TWOTIER_FERRETDB__PORT", "17017")
+    monkeypatch.setenv("TWOTIER_SECANTUSDB__PORT", "17017")
     monkeypatch.setenv("TWOTIER_SPARK__MASTER", "spark://10.0.0.5:7077")
     monkeypatch.setenv("TWOTIER_DATA_DIR", "/tmp/twotier-defs-test")
     resources = _resources()

@@ -22,7 +22,7 @@ def test_to_env_round_trips_through_the_environment(
     env = original.to_env()
 
     assert env["TWOTIER_DATA_DIR"] == str(tmp_path / "data")
-    assert env["TWOTIER_CACHE_DIR"] == str(tmp_path / "data" / "cache")
+    assert env["TWOTIER_CACHE_DIR"] == str(original.cache)
     assert env["TWOTIER_RAY__GCS_PORT"] == "16379"
     assert env["TWOTIER_STACK__SERVICES"] == '["mlflow", "ray"]'
     assert "TWOTIER_MLFLOW__TRACKING_URI" not in env  # None stays unset

@@ -37,7 +37,7 @@ def test_artifact_name_strips_the_version(jar: str, artifact: str) -> None:
 
 
 def test_connector_matches_the_installed_pyspark(tmp_path: Path) -> None:
-    settings = Settings(data_dir=tmp_path)
+    settings = Settings(data_dir=tmp_path, cache_dir=tmp_path / "cache")
     check_spark_version(settings)
     assert connector_coordinates(settings) == [
         f"org.apache.spark:spark-sql-kafka-0-10_2.13:{pyspark_version()}"
