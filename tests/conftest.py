@@ -114,12 +114,6 @@ def online_server(request: pytest.FixtureRequest, settings: Settings) -> Service
     return service
 
 
-def with_online_server(settings: Settings, server: str) -> Settings:
-    """``settings`` with the online store on the local ``server`` (secantusdb, ferretdb)."""
-    stack = settings.stack.model_copy(update={"online_server": server})
-    return settings.model_copy(update={"stack": stack})
-
-
 @pytest.fixture(scope="session")
 def mlflow_server(settings: Settings) -> Iterator[Service]:
     """A real MLflow tracking server and registry on loopback."""

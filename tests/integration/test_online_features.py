@@ -8,13 +8,13 @@ from typing import Any
 
 import numpy as np
 import pytest
+from online_servers import SERVERS, with_online_server
 from pymongo import monitoring
 
 from twotier.config import MongoDBOnlineStoreConfig, Settings
 from twotier.events import Event
 from twotier.features import OnlineFeatures
 from twotier.features.spec import ModelFeatureSpec
-from twotier.infra.service import Service
 from twotier.naming import online_collection
 from twotier.online_store.mongodb import MongoDBOnlineStore
 
@@ -47,11 +47,16 @@ def finds() -> _Finds:
     return _Finds()
 
 
-@pytest.fixture
-def features(settings: Settings, online_server: Service, finds: _Finds) -> Iterator[OnlineFeatures]:
-    """OnlineFeatures on a database of its own, so other tests' documents never interfere."""
+@pytest.fixture(params=SERVERS)
+def features(
+    request: pytest.FixtureRequest, settings: Settings, finds: _Finds
+) -> Iterator[OnlineFeatures]:
+    """OnlineFeatures on a database of its own, on each local server in turn."""
+    request.getfixturevalue(request.param)
     database = f"t_{uuid.uuid4().hex[:10]}"
-    own = settings.model_copy(update={"online_store": MongoDBOnlineStoreConfig(database=database)})
+    own = with_online_server(settings, request.param).model_copy(
+        update={"online_store": MongoDBOnlineStoreConfig(database=database)}
+    )
     store = MongoDBOnlineStore.from_settings(own, event_listeners=[finds])
     with OnlineFeatures(own, store) as f:
         f.ensure_indexes("movielens")

@@ -14,14 +14,12 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from online_servers import SERVERS, with_online_server
 from pymongo import monitoring
 
-from tests.conftest import with_online_server
 from twotier.config import OnlineStoreCapabilitiesConfig, Settings
 from twotier.online_store import OnlineStoreError, Read, connect
 from twotier.online_store.mongodb import BATCHES_FIELD, MongoDBOnlineStore
-
-SERVERS = ["secantusdb", "ferretdb"]
 
 
 class _Commands(monitoring.CommandListener):
