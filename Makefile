@@ -23,8 +23,9 @@ $(BIN)/.installed: pyproject.toml constraints.txt
 
 setup: $(BIN)/.installed  ## Create .venv with the pinned dependencies.
 
-stack-install: setup  ## Download and build Kafka, FerretDB and the Spark jars (cached).
+stack-install: setup  ## Download and build Kafka, SecantusDB, FerretDB and the Spark jars (cached).
 	$(TWOTIER) install
+	$(TWOTIER) install --only ferretdb
 
 up: setup  ## Start the local stack (idempotent).
 	$(TWOTIER) up

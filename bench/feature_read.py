@@ -1,6 +1,6 @@
 """Benchmark: online feature matrix for 1 user x 500 candidates vs. a bare pymongo read.
 
-Starts its own MongoDB-wire server (``--server``, FerretDB by default) through the
+Starts its own MongoDB-wire server (``--server``, SecantusDB by default) through the
 project's infra (own data folder and port). Per scenario (catalogue size), writes
 MovieLens-ranker features for one user and the 500 candidates through
 ``OnlineFeatures.write``, fills the rest of the catalogue, then times, interleaved
@@ -131,8 +131,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     base: Settings = load_settings(
         path=REPO / "tests" / "twotier-test.yaml",
         data_dir=data_dir,
-        cache_dir=REPO / ".twotier" / "cache",
         **{args.server: {"port": args.port}},
+        stack={"online_server": args.server},
     )
     service = make_service(args.server, base)
     service.start(print)
@@ -344,8 +344,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument(
         "--server",
-        default="ferretdb",
-        help="the local MongoDB-wire service to start (a name of infra.stack.SERVICE_CLASSES)",
+        default="secantusdb",
+        choices=["secantusdb", "ferretdb"],
+        help="the local MongoDB-wire server to start",
     )
     parser.add_argument("--port", type=int, default=31290)
     parser.add_argument("--data-dir", default="/tmp/tt-g-bench")

@@ -65,9 +65,10 @@ def _settings(args: argparse.Namespace) -> Settings:
     settings = load_settings(
         path=REPO / "tests" / "twotier-test.yaml",
         data_dir=args.data_dir,
-        cache_dir=REPO / ".twotier" / "cache",
         kafka={"port": base, "controller_port": base + 1},
         ferretdb={"port": base + 2},
+        secantusdb={"port": base + 6},
+        stack={"online_server": args.server},
         mlflow={"port": base + 3},
         dagster={"port": base + 4},
         ray={"serve_port": base + 5, "gcs_port": base + 100},
@@ -142,7 +143,7 @@ def _concurrent(call: Callable[[httpx.Client], None], total: int, workers: int) 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     settings = _settings(args)
     shutil.rmtree(settings.data_dir, ignore_errors=True)
-    services = [make_service(n, settings) for n in ("mlflow", "ferretdb", "ray")]
+    services = [make_service(n, settings) for n in ("mlflow", "online_store", "ray")]
     for service in services:
         service.start(print)
     try:
@@ -324,6 +325,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--catalogue", type=int, default=600)
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument(
+        "--server",
+        default="secantusdb",
+        choices=["secantusdb", "ferretdb"],
+        help="the local MongoDB-wire server of the online store",
+    )
     parser.add_argument("--requests", type=int, default=60)
     parser.add_argument("--swaps", type=int, default=3)
     parser.add_argument("--seed", type=int, default=7)

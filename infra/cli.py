@@ -12,7 +12,9 @@ from twotier.cli import console, progress_lines, state
 
 OnlyOption = Annotated[
     list[str] | None,
-    typer.Option("--only", help="Act on this service only (repeatable): kafka, ferretdb, …"),
+    typer.Option(
+        "--only", help="Act on this service only (repeatable): kafka, online_store, mlflow, …"
+    ),
 ]
 
 
@@ -45,7 +47,30 @@ def status(only: OnlyOption = None) -> None:
 
     settings = state.settings()
     _print_status(Stack(settings, only))
+    _print_online_store(settings)
     _print_jobs(settings)
+
+
+def _print_online_store(settings: object) -> None:
+    """Which MongoDB-wire server holds the online features, its licence, and how to switch."""
+    from rich.markup import escape
+
+    from twotier.config import Settings
+    from twotier.infra.stack import make_service
+
+    assert isinstance(settings, Settings)
+    if settings.online_store.uri:
+        console.print(
+            f"online store: {escape(settings.online_store_uri)} "
+            f"(declared as {settings.online_server_kind}; not started by twotier)"
+        )
+        return
+    service = make_service("online_store", settings)
+    console.print(f"online store: {escape(service.describe())}")
+    console.print(
+        "  [dim]a real MongoDB: set online_store.uri (TWOTIER_ONLINE_STORE__URI)\n"
+        "  the other local server: stack.online_server (secantusdb, ferretdb)[/dim]"
+    )
 
 
 def _print_jobs(settings: object) -> None:
@@ -71,7 +96,10 @@ def install(only: OnlyOption = None) -> None:
 
 
 def logs(
-    service: Annotated[str, typer.Argument(help="kafka, ferretdb, mlflow, dagster or ray.")],
+    service: Annotated[
+        str,
+        typer.Argument(help="kafka, online_store, secantusdb, ferretdb, mlflow, dagster or ray."),
+    ],
     lines: Annotated[int, typer.Option("--lines", "-n", help="How many lines.")] = 50,
 ) -> None:
     """Print the end of a service's log."""

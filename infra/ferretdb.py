@@ -47,6 +47,13 @@ class FerretDBService(Service):
     def endpoint(self) -> str:
         return f"mongodb://{self.settings.ferretdb.host}:{self.settings.ferretdb.port}/"
 
+    def describe(self) -> str:
+        return (
+            f"FerretDB {self.settings.ferretdb.version} at {self.endpoint}\n"
+            "  v1 on SQLite; licence Apache-2.0\n"
+            "  scans for $in and updates; no change streams or transactions"
+        )
+
     # -- install -------------------------------------------------------------
 
     def install(self, progress: Progress = quiet) -> None:

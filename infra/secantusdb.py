@@ -29,7 +29,7 @@ from twotier.progress import Progress, quiet
 
 CRATE = "secantus-mdb"
 BINARY = "secantusd-rs"
-LICENCE = "GPL-2.0-only (run as a separate process, never linked)"
+LICENCE = "GPL-2.0-only, run as a separate process"
 
 
 class SecantusDBService(Service):
@@ -60,6 +60,15 @@ class SecantusDBService(Service):
     @property
     def endpoint(self) -> str:
         return f"mongodb://{self.settings.secantusdb.host}:{self.settings.secantusdb.port}/"
+
+    def describe(self) -> str:
+        cfg = self.settings.secantusdb
+        sync = "on" if cfg.sync_on_commit else "OFF (a kill -9 can lose acknowledged writes)"
+        return (
+            f"SecantusDB {cfg.version} at {self.endpoint}\n"
+            f"  secantusd-rs on WiredTiger; licence {LICENCE}\n"
+            f"  sync on commit: {sync}"
+        )
 
     # -- install -------------------------------------------------------------
 

@@ -160,6 +160,10 @@ class Service(ABC):
     def healthy(self) -> bool:
         """One quick check over the service's real protocol."""
 
+    def describe(self) -> str:
+        """One line for ``twotier status``: what runs, where (subclasses add licence, flags)."""
+        return f"{self.name} at {self.endpoint}"
+
     def environment(self) -> dict[str, str]:
         """Environment of the service process."""
         return dict(os.environ)

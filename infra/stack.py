@@ -47,8 +47,9 @@ class Stack:
                     f"unknown service(s) {unknown}",
                     f"choose from {[*SERVICE_CLASSES, ONLINE_STORE]}",
                 )
+            # Named explicitly: acted on even when not among stack.services.
             only = [settings.local_online_server if n == ONLINE_STORE else n for n in only]
-            names = [n for n in names if n in only]
+            names = [n for n in SERVICE_CLASSES if n in only]
         self.services = [make_service(n, settings) for n in names]
 
     def install(self, progress: Progress = quiet) -> None:

@@ -82,6 +82,10 @@ class MongoDBOnlineStoreConfig(_Section):
     and to ``mongodb`` (a real MongoDB) with one."""
     journal: bool = True
     """Write concern ``j``: a write is acknowledged once it is in the server's journal."""
+    batch_transactions: bool = True
+    """Where the server has transactions, write each chunk of a batch in one transaction:
+    one journal flush per chunk instead of one per document, which is what durable commits
+    cost (``bench/results/online_store.json``). Exactly once either way."""
     capabilities: OnlineStoreCapabilitiesConfig = Field(
         default_factory=OnlineStoreCapabilitiesConfig
     )
