@@ -1,9 +1,10 @@
 """Benchmark: the online feature job under a steady event stream — throughput and freshness.
 
-Per run, with a fresh data folder: starts Kafka and the online store (``--server``, SecantusDB by default) through the project's infra
-(own ports), starts ``python -m twotier.feature_jobs online --project memes`` as a
-subprocess (trigger ``--trigger`` s), then produces the synthetic meme feed
-(``twotier.generate``) at ``--rate`` events/s for ``--duration`` s. Meanwhile:
+Per run, with a fresh data folder: starts Kafka and the online store (``--server``,
+SecantusDB by default) through the project's infra (own ports), starts
+``python -m twotier.feature_jobs online --project memes`` as a subprocess (trigger
+``--trigger`` s), then produces the synthetic meme feed (``twotier.generate``) at
+``--rate`` events/s for ``--duration`` s. Meanwhile:
 
 * a marker thread produces, every ``--marker-every`` s, one ``view`` by a new user
   ``bench-marker-<n>`` and polls ``memes__user_stats_v1`` until that user's document
