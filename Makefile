@@ -1,5 +1,6 @@
 # twotier: `make demo` and `make test` work on a fresh clone with only what the machine has
-# (Python 3.11, Java 17 + Maven, Go). Everything else is installed and cached here.
+# (Python 3.11, Java 17 + Maven, Go, Rust nightly by rustup, cmake and a C compiler).
+# Everything else is installed here and cached in ~/.cache/twotier (TWOTIER_CACHE_DIR).
 
 PYTHON ?= python3
 VENV := .venv
@@ -66,5 +67,5 @@ format: setup  ## Apply ruff's fixes and formatting.
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-clean: down  ## Remove the venv and the local data (keeps nothing).
+clean: down  ## Remove the venv and the local data (the cache in ~/.cache/twotier stays).
 	rm -rf $(VENV) .twotier .twotier-test

@@ -45,7 +45,7 @@ file in `$TWOTIER_CONFIG`, or `twotier -c FILE`), then from `TWOTIER_*` environm
 variables, which win over the file; keyword arguments to `load_settings` win over both.
 A section's field is `TWOTIER_<SECTION>__<FIELD>` (two underscores), a top-level field
 `TWOTIER_<FIELD>`. Lists and mappings are JSON in the environment
-(`TWOTIER_STACK__SERVICES='["kafka","ferretdb"]'`). The YAML file may use `${VAR}` and
+(`TWOTIER_STACK__SERVICES='["kafka","online_store"]'`). The YAML file may use `${VAR}` and
 `${VAR:-default}`. Unknown fields are errors. `twotier config` prints the effective
 values (secrets masked).
 
@@ -241,9 +241,13 @@ def render() -> str:
         "",
         "| property | value |",
         "| --- | --- |",
-        "| `settings.cache` | `cache_dir`, else `<data_dir>/cache` |",
-        "| `settings.online_store_uri` | `online_store.uri`, else "
-        "`mongodb://<ferretdb.host>:<ferretdb.port>/` |",
+        "| `settings.cache` | `cache_dir`, else `$XDG_CACHE_HOME/twotier` "
+        "(`~/.cache/twotier`), shared by every clone |",
+        "| `settings.online_store_uri` | `online_store.uri`, else the local server of "
+        "`stack.online_server`: `mongodb://<secantusdb.host>:<secantusdb.port>/` "
+        "(or FerretDB's) |",
+        "| `settings.online_server_kind` | `online_store.server`, else `mongodb` with a "
+        "`uri`, else `stack.online_server` |",
         "| `settings.offline_store_dsn` | `offline_store.dsn`, else `chdb://<data_dir>/offline` |",
         "| `settings.kafka.bootstrap` | `kafka.bootstrap_servers`, "
         "else `<kafka.host>:<kafka.port>` |",

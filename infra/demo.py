@@ -2,16 +2,16 @@
 
 ``python -m twotier.infra.demo`` (what ``make demo`` runs):
 
-1. start the local stack (Kafka, FerretDB, MLflow, Dagster, Ray; Spark jars cached);
+1. start the local stack (Kafka, SecantusDB, MLflow, Dagster, Ray; Spark jars cached);
 2. replay MovieLens ratings into the project's Kafka topic (skipped when already there);
-3. the Spark streaming job writes per-user counters into FerretDB, exactly once;
+3. the Spark streaming job writes per-user counters into the online store, exactly once;
 4. Dagster runs the project's asset graph: events into ClickHouse (chdb) with data checks,
    feature snapshots, monthly point-in-time training sets, tier one (ALS → ONNX top-k) and
    tier two (XGBoost → ONNX), parity gates, MLflow runs, blocking checks, and the promotion
    of both tiers to ``champion``;
 5. Ray Serve deploys the scoring app, which pulls the models by alias;
 6. tier one's champion proposes candidate movies for a user, and one HTTP request scores
-   them with tier two's champion on the online features (FerretDB).
+   them with tier two's champion on the online features (SecantusDB).
 
 Every step shells out to the ``twotier`` CLI, so the demo runs exactly what a person would.
 It can be run again: the replay is skipped when the topic already holds the events.
@@ -230,7 +230,7 @@ def run(settings: Settings, project: str, dataset: Path, limit: int) -> None:
     else:
         _twotier("replay", "--project", project, "--dataset", str(dataset), "--limit", str(limit))
 
-    _step(3, "Spark streaming → online store", "Per-user counters in FerretDB, exactly once.")
+    _step(3, "Spark streaming → online store", "Per-user counters in the online store, exactly once.")
     _twotier("stream", "--project", project, "--available-now")
     users = _first_users(dataset, limit, 3)
     counters = _user_counters(settings, project, users)

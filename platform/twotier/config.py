@@ -195,8 +195,9 @@ class ServingConfig(_Section):
     """Candidates one tier-two request may carry; more is refused with 413."""
     default_k: int = Field(500, ge=1)
     """Tier-one candidates per request unless the request asks for another K."""
-    feature_cache_ttl_s: float = Field(2.0, ge=0)
-    """How long a replica reuses online features it has read (0 turns the cache off)."""
+    feature_cache_ttl_s: float = Field(2.0, ge=0, le=60)
+    """Staleness bound of the item documents a replica caches per entity (0 turns the
+    cache off); users' own documents are read fresh on every request."""
     alias_poll_s: float = Field(5.0, gt=0)
     """How often aliases are re-read from the registry (moves made in the MLflow UI)."""
     model_memory_budget_bytes: int = Field(2 * 1024**3, ge=1)

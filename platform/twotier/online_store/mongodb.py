@@ -148,7 +148,11 @@ class MongoDBOnlineStore(OnlineStore):
         self._client = client
         self._declared = declared or DECLARED_CAPABILITIES["mongodb"]
         self._batch_transactions = batch_transactions
-        self._write_concern = WriteConcern(j=True) if journal else WriteConcern()
+        # The client's write concern (e.g. w=majority from the URI), journaled if asked.
+        inherited = dict(client.write_concern.document)
+        if journal:
+            inherited["j"] = True
+        self._write_concern = WriteConcern(**inherited)
         self._db = client.get_database(database, write_concern=self._write_concern)
 
     @classmethod
