@@ -1,6 +1,6 @@
 """The main job end to end, as `make demo` runs it, against the test stack.
 
-Kafka → Spark → FerretDB; Kafka → Dagster asset graph (chdb, training sets, tier one and tier
+Kafka → Spark → SecantusDB; Kafka → Dagster asset graph (chdb, training sets, tier one and tier
 two as ONNX, MLflow, checks, promotion of both tiers) → Ray Serve → /recommend over HTTP; a
 challenger, the A/B experiment and a hot swap. Then the UIs' own APIs must show the runs,
 both models with their aliases and the assets.

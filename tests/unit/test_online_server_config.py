@@ -10,7 +10,11 @@ from twotier.config import ConfigError, Settings, load_settings
 from twotier.infra.secantusdb import SecantusDBService
 from twotier.infra.service import StackError
 from twotier.infra.stack import Stack, make_service
-from twotier.online_store.mongodb import DECLARED_CAPABILITIES, declared_capabilities
+from twotier.online_store.mongodb import (
+    DECLARED_CAPABILITIES,
+    MongoDBOnlineStore,
+    declared_capabilities,
+)
 
 
 def test_secantusdb_is_the_default_online_server(tmp_path: Path) -> None:
@@ -115,3 +119,16 @@ def test_the_cache_lives_outside_the_clone(monkeypatch: pytest.MonkeyPatch, tmp_
     assert settings.cache == tmp_path / "xdg" / "twotier"
     monkeypatch.delenv("XDG_CACHE_HOME")
     assert load_settings(data_dir=tmp_path).cache == Path("~/.cache/twotier").expanduser()
+
+
+def test_the_client_write_concern_is_kept_and_journaled() -> None:
+    from pymongo import MongoClient
+
+    client: MongoClient[dict[str, object]] = MongoClient(
+        "mongodb://127.0.0.1:1/?w=majority", connect=False
+    )
+    store = MongoDBOnlineStore(client, "db", journal=True)
+    assert store._db.write_concern.document == {"w": "majority", "j": True}
+    plain = MongoDBOnlineStore(client, "db", journal=False)
+    assert plain._db.write_concern.document == {"w": "majority"}
+    client.close()
