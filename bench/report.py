@@ -130,6 +130,74 @@ def _streaming_rows(result: Mapping[str, Any]) -> list[Row]:
     ]
 
 
+SERVER_COLUMNS = (
+    ("find_in_500_p50_ms", "`$in` 500 p50 ms"),
+    ("find_in_500_p99_ms", "`$in` 500 p99 ms"),
+    ("get_groups_user_plus_500_p99_ms", "user + 500 items p99 ms"),
+    ("cas_updates_per_s_j_true", "CAS updates/s (j)"),
+    ("cas_updates_per_s_j_false", "CAS updates/s (no j)"),
+    ("change_streams", "change streams"),
+    ("transactions", "transactions"),
+)
+
+
+def _online_store_rows(result: Mapping[str, Any]) -> list[Row]:
+    """The default server's headline numbers (the side-by-side table has the rest)."""
+    name = "online_store"
+    rows: list[Row] = []
+    for server, numbers in result["median"].items():
+        if not server.startswith("secantusdb --sync"):
+            continue
+        rows.append(Row(name, f"{server}: $in 500 p99", _fmt(numbers["find_in_500_p99_ms"], "ms")))
+        rows.append(
+            Row(name, f"{server}: CAS updates/s", _fmt(numbers["cas_updates_per_s_j_true"]))
+        )
+        kills = numbers.get("durability_kill_9") or {}
+        if kills:
+            lost = kills["trials_with_lost_writes"]
+            rows.append(
+                Row(
+                    name,
+                    f"{server}: kill -9 trials losing an acknowledged write",
+                    f"{lost} of {kills['trials']}",
+                    "0",
+                    lost == 0,
+                )
+            )
+    return rows
+
+
+def online_store_table(report: Mapping[str, Any]) -> list[str]:
+    """The MongoDB-wire servers side by side, from one run of ``bench/online_store.py``."""
+    bench = report.get("benchmarks", {}).get("online_store") or {}
+    result = bench.get("result")
+    if not isinstance(result, Mapping) or "median" not in result:
+        return []
+    header = "| server | " + " | ".join(title for _, title in SERVER_COLUMNS) + " | kill -9 |"
+    lines = [
+        "## Online store servers, side by side (same run)",
+        "",
+        f"Medians over {result.get('config', {}).get('runs', '?')} interleaved runs of "
+        "`bench/online_store.py`, "
+        f"{result.get('documents', '?'):,} documents of "
+        f"{result.get('counters_per_document', '?')} counters; CAS = `apply_increments` of "
+        "existing documents (FerretDB: bulks of 10, it scans per statement). kill -9: "
+        "trials that lost an acknowledged batch.",
+        "",
+        header,
+        "| --- " * (len(SERVER_COLUMNS) + 2) + "|",
+    ]
+    for server, numbers in result["median"].items():
+        cells = []
+        for key, _ in SERVER_COLUMNS:
+            value = numbers.get(key)
+            cells.append(("yes" if value else "no") if isinstance(value, bool) else _fmt(value))
+        kills = numbers.get("durability_kill_9")
+        kill = f"{kills['trials_with_lost_writes']} of {kills['trials']}" if kills else "n/a"
+        lines.append(f"| {server} | " + " | ".join(cells) + f" | {kill} |")
+    return [*lines, ""]
+
+
 def _numbers(tree: Any, prefix: str = "") -> Iterator[tuple[str, float]]:
     if isinstance(tree, Mapping):
         for key, value in tree.items():
@@ -168,6 +236,8 @@ def headline_rows(report: Mapping[str, Any]) -> list[Row]:
                 rows += _feature_read_rows(result)
             elif name == "streaming":
                 rows += _streaming_rows(result)
+            elif name == "online_store":
+                rows += _online_store_rows(result)
             else:
                 rows += _generic_rows(name, result)
         except (KeyError, TypeError):
@@ -206,6 +276,7 @@ def markdown(report: Mapping[str, Any], plots: list[str] | None = None) -> str:
             f"| {_met_text(row.met)} |"
         )
     lines.append("")
+    lines += online_store_table(report)
     runs = [
         f"| {name} | {bench.get('status')} | {_fmt(bench.get('seconds'), 's')} "
         f"| {bench.get('source', '')} |"

@@ -185,3 +185,38 @@ def test_usage_classifies_stack_processes() -> None:
     )
     assert summary["kafka"]["cpu_percent_mean"] == 3.0
     assert summary["kafka"]["rss_mb_max"] == 310.0 and summary["kafka"]["pss_mb_max"] == 290.0
+
+
+def test_online_store_servers_are_side_by_side_in_one_table() -> None:
+    numbers = {
+        "find_in_500_p50_ms": 5.0,
+        "find_in_500_p99_ms": 9.0,
+        "get_groups_user_plus_500_p99_ms": 10.0,
+        "cas_updates_per_s_j_true": 8000.0,
+        "cas_updates_per_s_j_false": 9000.0,
+        "change_streams": True,
+        "transactions": True,
+    }
+    result = {
+        "config": {"runs": 3},
+        "documents": 20000,
+        "counters_per_document": 10,
+        "median": {
+            "secantusdb --sync-on-commit": {
+                **numbers,
+                "durability_kill_9": {"trials": 15, "trials_with_lost_writes": 0},
+            },
+            "ferretdb v1 sqlite": {**numbers, "transactions": False, "durability_kill_9": None},
+        },
+    }
+    report_doc = {"benchmarks": {"online_store": {"status": "ok", "result": result}}}
+    table = report.online_store_table(report_doc)
+    rows = [
+        line for line in table if line.startswith("| secantusdb") or line.startswith("| ferret")
+    ]
+    assert len(rows) == 2
+    assert rows[0].endswith("| yes | yes | 0 of 15 |")
+    assert rows[1].endswith("| yes | no | n/a |")
+    headline = report.headline_rows(report_doc)
+    kill = next(r for r in headline if "kill -9" in r.metric)
+    assert (kill.value, kill.met) == ("0 of 15", True)
