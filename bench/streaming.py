@@ -284,6 +284,7 @@ def one_run(args: argparse.Namespace, run: int) -> dict[str, Any]:
                     "write_s",
                     "documents",
                     "lag",
+                    "groups",
                 )
             }
             for b in steady
