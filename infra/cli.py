@@ -61,8 +61,8 @@ def _print_online_store(settings: object) -> None:
     assert isinstance(settings, Settings)
     if settings.online_store.uri:
         console.print(
-            f"online store: {escape(settings.online_store_uri)} "
-            f"(declared as {settings.online_server_kind}; not started by twotier)"
+            f"online store: {escape(settings.online_store_uri)}\n"
+            f"  declared as {settings.online_server_kind}; not started by twotier"
         )
         return
     service = make_service("online_store", settings)

@@ -38,6 +38,10 @@ class Stack:
     def __init__(self, settings: Settings, only: list[str] | None = None) -> None:
         self.settings = settings
         wanted = settings.stack.resolved_services()
+        if settings.online_store.uri and ONLINE_STORE in settings.stack.services:
+            # An external online store (online_store.uri): no local server for it.
+            explicit = set(settings.stack.services)
+            wanted = [n for n in wanted if n != settings.local_online_server or n in explicit]
         names = [n for n in SERVICE_CLASSES if n in wanted]
         if only:
             unknown = sorted(set(only) - set(SERVICE_CLASSES) - {ONLINE_STORE})

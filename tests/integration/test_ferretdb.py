@@ -20,7 +20,7 @@ from twotier.infra.service import Service, StackError
 @pytest.fixture
 def db(ferretdb: Service) -> Iterator[Database[dict[str, Any]]]:
     client: MongoClient[dict[str, Any]] = MongoClient(
-        ferretdb.settings.online_store_uri, serverSelectionTimeoutMS=5000
+        ferretdb.endpoint, serverSelectionTimeoutMS=5000
     )
     name = f"test_{uuid.uuid4().hex[:8]}"
     yield client[name]
@@ -32,7 +32,7 @@ def test_ping_and_loopback_only(
     ferretdb: Service, listening_addresses: Callable[[int], set[tuple[str, int]]]
 ) -> None:
     client: MongoClient[dict[str, Any]] = MongoClient(
-        ferretdb.settings.online_store_uri, serverSelectionTimeoutMS=2000
+        ferretdb.endpoint, serverSelectionTimeoutMS=2000
     )
     assert client.admin.command("ping")["ok"] == 1.0
     client.close()
@@ -74,7 +74,7 @@ def test_dotted_field_names_are_rejected(db: Database[dict[str, Any]]) -> None:
 
 def test_data_persists_across_stop_and_start(ferretdb: Service) -> None:
     name = f"persist_{uuid.uuid4().hex[:8]}"
-    uri = ferretdb.settings.online_store_uri
+    uri = ferretdb.endpoint
     client: MongoClient[dict[str, Any]] = MongoClient(uri, serverSelectionTimeoutMS=5000)
     client[name]["docs"].insert_one({"_id": "k", "n": 41})
     client[name]["docs"].update_one({"_id": "k"}, {"$inc": {"n": 1}})

@@ -61,7 +61,7 @@ def test_up_is_idempotent_and_down_leaves_nothing(stack: Stack) -> None:
     lines: list[str] = []
     stack.up(lines.append)
     statuses = stack.status()
-    assert [s.name for s in statuses] == ["kafka", "ferretdb", "mlflow", "dagster", "ray"]
+    assert [s.name for s in statuses] == ["kafka", "secantusdb", "mlflow", "dagster", "ray"]
     assert all(s.healthy for s in statuses), statuses
     pids = {s.name: s.pid for s in statuses}
 
@@ -93,7 +93,7 @@ def test_port_in_use_rolls_back_what_was_started(stack: Stack) -> None:
         message = str(info.value)
         assert message.startswith("mlflow:")
         assert str(port) in message and "Fix:" in message
-        # kafka and ferretdb were started before mlflow failed: both are stopped again.
+        # kafka and secantusdb were started before mlflow failed: both are stopped again.
         assert not any(s.running for s in stack.status())
     finally:
         blocker.close()

@@ -58,6 +58,8 @@ def test_a_uri_means_a_real_mongodb_unless_told(tmp_path: Path) -> None:
     # A standalone mongod has neither transactions nor change streams.
     standalone = declared_capabilities(settings, replica_set=False)
     assert not standalone.transactions and not standalone.change_streams
+    # No local server is started for it.
+    assert "secantusdb" not in [s.name for s in Stack(settings).services]
     told = load_settings(data_dir=tmp_path, online_store={"uri": uri, "server": "ferretdb"})
     assert told.online_server_kind == "ferretdb"
 
@@ -132,3 +134,31 @@ def test_the_client_write_concern_is_kept_and_journaled() -> None:
     plain = MongoDBOnlineStore(client, "db", journal=False)
     assert plain._db.write_concern.document == {"w": "majority"}
     client.close()
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        ({}, ["SecantusDB 0.5.3-beta.196 at mongodb://127.0.0.1:27017/", "GPL-2.0-only"]),
+        ({"TWOTIER_STACK__ONLINE_SERVER": "ferretdb"}, ["FerretDB v1.24.2", "Apache-2.0"]),
+        (
+            {"TWOTIER_ONLINE_STORE__URI": "mongodb://db.example:27017/?replicaSet=rs0"},
+            ["online store: mongodb://db.example:27017/?replicaSet=rs0", "declared as mongodb"],
+        ),
+    ],
+)
+def test_twotier_status_names_the_online_store_server(
+    env: dict[str, str], expected: list[str], tmp_path: Path
+) -> None:
+    import typer
+    from typer.testing import CliRunner
+
+    from twotier.infra.cli import register
+
+    app = typer.Typer()
+    register(app)
+    result = CliRunner().invoke(app, ["status"], env={"TWOTIER_DATA_DIR": str(tmp_path), **env})
+    assert result.exit_code == 0, result.output
+    for text in expected:
+        assert text in result.output
+    assert all(len(line) <= 80 for line in result.output.splitlines()), result.output
