@@ -230,7 +230,8 @@ def run(settings: Settings, project: str, dataset: Path, limit: int) -> None:
     else:
         _twotier("replay", "--project", project, "--dataset", str(dataset), "--limit", str(limit))
 
-    _step(3, "Spark streaming → online store", "Per-user counters in SecantusDB, exactly once.")
+    server = settings.online_store.uri or settings.local_online_server
+    _step(3, "Spark streaming → online store", f"Per-user counters in {server}, exactly once.")
     _twotier("stream", "--project", project, "--available-now")
     users = _first_users(dataset, limit, 3)
     counters = _user_counters(settings, project, users)
