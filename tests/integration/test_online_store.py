@@ -78,7 +78,7 @@ def test_connect_declares_what_each_server_can_do(server_settings: Settings) -> 
             assert not caps.bulk_upsert and not caps.indexed_in
         else:
             assert caps.transactions and caps.change_streams
-            assert caps.bulk_upsert and caps.indexed_in and caps.union_reads
+            assert caps.bulk_upsert and caps.indexed_in
 
 
 def test_declared_capabilities_can_be_overridden(server_settings: Settings) -> None:
@@ -313,7 +313,30 @@ def test_get_groups_reads_several_collections_in_one_round_trip(
         ]
         if store.capabilities.union_reads:
             assert commands.names == ["aggregate"]
-        else:
+        else:  # one find per collection, sent concurrently
             assert commands.names == ["find", "find"]
     finally:
         store.drop(other)
+
+
+def test_a_declared_union_read_answers_like_separate_finds(
+    server_settings: Settings, commands: _Commands
+) -> None:
+    """``union_reads`` (declared for a real MongoDB) takes one ``$unionWith`` aggregation."""
+    if server_settings.local_online_server == "ferretdb":
+        pytest.skip("FerretDB v1 has no $unionWith")
+    overrides = OnlineStoreCapabilitiesConfig(union_reads=True)
+    online = server_settings.online_store.model_copy(update={"capabilities": overrides})
+    local = server_settings.model_copy(update={"online_store": online})
+    users, items = f"test__{uuid.uuid4().hex[:8]}", f"test__{uuid.uuid4().hex[:8]}"
+    with MongoDBOnlineStore.from_settings(local, event_listeners=[commands]) as store:
+        store.apply_increments(users, "w", 0, {"u1": {"views": 2}}, maxima={"u1": {"ts": 9}})
+        store.apply_increments(items, "w", 0, {str(i): {"views": i, "smiles": 1} for i in range(9)})
+        reads = [Read(users, ["u1", "nobody"]), Read(items, ["2", "5", "2"], ["views"])]
+        commands.names.clear()
+        union = store.get_groups(reads)
+        assert commands.names == ["aggregate"]
+        assert union == [store.get_many(r.collection, r.ids, r.fields) for r in reads]
+        assert union == [{"u1": {"views": 2, "ts": 9}}, {"2": {"views": 2}, "5": {"views": 5}}]
+        store.drop(users)
+        store.drop(items)

@@ -6,6 +6,7 @@ import contextlib
 import logging
 import numbers
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from functools import cached_property
 from typing import Any
@@ -48,7 +49,11 @@ _INSERT_CHUNK = 1_000
 # as a replica set, which ``hello`` tells.
 DECLARED_CAPABILITIES: dict[str, OnlineStoreCapabilities] = {
     "mongodb": OnlineStoreCapabilities(transactions=True, change_streams=True),
-    "secantusdb": OnlineStoreCapabilities(transactions=True, change_streams=True),
+    # SecantusDB 0.5.3 evaluates a $match inside $unionWith by scanning the collection
+    # (measured: 476 ms for 500 ids of 20,000 against 8 ms for the same find).
+    "secantusdb": OnlineStoreCapabilities(
+        transactions=True, change_streams=True, union_reads=False
+    ),
     # FerretDB v1 (SQLite) scans the collection for $in and for every filtered update,
     # stops an "unordered" batch at its first error, omits nModified, lacks $unionWith,
     # and keeps one SQLite connection per update statement until the command ends (at
@@ -203,7 +208,14 @@ class MongoDBOnlineStore(OnlineStore):
         """The declared capabilities; transactions and change streams need a replica set."""
         return self._caps
 
+    @cached_property
+    def _readers(self) -> ThreadPoolExecutor:
+        """Threads that overlap the finds of one ``get_groups`` (pymongo is thread-safe)."""
+        return ThreadPoolExecutor(4, "twotier-online-read")
+
     def close(self) -> None:
+        if "_readers" in self.__dict__:
+            self._readers.shutdown(wait=True)
         self._client.close()
 
     # -- schema --------------------------------------------------------------
@@ -556,16 +568,27 @@ class MongoDBOnlineStore(OnlineStore):
         }
 
     def get_groups(self, reads: Sequence[Read]) -> list[dict[str, dict[str, float]]]:
-        """One aggregation with ``$unionWith`` where the server can (``union_reads``).
+        """One aggregation with ``$unionWith`` where the server declares ``union_reads``.
 
         Each read becomes a ``$match`` + ``$project`` stage, tagged with its position, so
-        the answers of several collections come back in one round trip.
+        the answers of several collections come back in one round trip. Elsewhere the
+        finds are sent concurrently (SecantusDB 0.5.3 answers a ``$match`` inside
+        ``$unionWith`` by scanning the collection, so it declares no ``union_reads``).
         """
         answers: list[dict[str, dict[str, float]]] = [{} for _ in reads]
         active = [(n, r) for n, r in enumerate(reads) if r.ids]
+        if len(active) == 1:
+            n, r = active[0]
+            answers[n] = self.get_many(r.collection, r.ids, r.fields)
+        elif active and not self.capabilities.union_reads:
+            # Overlapped instead: one find per collection, all in flight at once.
+            futures = [
+                (n, self._readers.submit(self.get_many, r.collection, r.ids, r.fields))
+                for n, r in active
+            ]
+            for n, future in futures:
+                answers[n] = future.result()
         if len(active) < 2 or not self.capabilities.union_reads:
-            for n, r in active:
-                answers[n] = self.get_many(r.collection, r.ids, r.fields)
             return answers
 
         def stages(n: int, read: Read) -> list[dict[str, Any]]:
