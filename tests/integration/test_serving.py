@@ -433,7 +433,16 @@ def test_fifty_models_within_the_memory_budget(world: World) -> None:
     # Ray exports metrics every few seconds: Serve's own and twotier's, from every replica.
     deadline = time.monotonic() + 40
     text = ""
-    wanted = ("twotier_model_evictions", "twotier_requests", "serve_num_http_requests")
+    wanted = (
+        "twotier_model_evictions",
+        "twotier_requests",
+        "serve_num_http_requests",
+        # The per-entity item cache of the tier-two hosts.
+        "twotier_feature_cache_hits",
+        "twotier_feature_cache_misses",
+        "twotier_feature_cache_entries",
+        "twotier_feature_cache_staleness_s",
+    )
     while time.monotonic() < deadline and not all(w in text for w in wanted):
         metrics = httpx.get(f"{world.url}/metrics", timeout=30)
         assert metrics.status_code == 200
