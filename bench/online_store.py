@@ -111,7 +111,9 @@ def _probe(store: MongoDBOnlineStore, collection: str) -> dict[str, bool]:
     return out
 
 
-def _updates_per_s(settings: Settings, ids: list[str], bulk: int, batches: int) -> float:
+def _updates_per_s(
+    settings: Settings, ids: list[str], bulk: int, batches: int, writer: str
+) -> float:
     """CAS ``$inc`` updates per second over ``batches`` batches of ``bulk`` existing docs."""
     rng = random.Random(3)
     with connect(settings) as store:
@@ -120,7 +122,7 @@ def _updates_per_s(settings: Settings, ids: list[str], bulk: int, batches: int) 
             chosen = rng.sample(ids, bulk)
             started = time.perf_counter()
             result = store.apply_increments(
-                "items", "bench-cas", 1_000 + b, {i: _counters(rng) for i in chosen}
+                "items", writer, 1_000 + b, {i: _counters(rng) for i in chosen}
             )
             times.append(time.perf_counter() - started)
             assert result.written == bulk, result
@@ -182,8 +184,10 @@ def one_config(args: argparse.Namespace, name: str) -> dict[str, Any]:
                 assert len(answers[1]) == IN_IDS
         client.close()
         bulk, batches = (10, 2) if ferret else (1_000, 7)
-        journaled = _updates_per_s(settings, ids, bulk, batches)
-        unjournaled = _updates_per_s(_settings(args, name, journal=False), ids, bulk, batches)
+        journaled = _updates_per_s(settings, ids, bulk, batches, "cas-j")
+        unjournaled = _updates_per_s(
+            _settings(args, name, journal=False), ids, bulk, batches, "cas-no-j"
+        )
         durability = None if ferret else _durability(service, settings, args.kills)
     finally:
         service.stop()

@@ -13,6 +13,9 @@ default TTL). Then, per run:
   cache → ``TierTwoSession.probabilities`` → top 10), one request at a time; and the
   same with every item read from the store (``raw_uncached_reads``);
 * **served** at concurrency 1 and 8: ``/v1/<project>/recommend`` over HTTP;
+* **floors** at concurrency 1: ``GET /healthz`` (HTTP proxy + ingress only) and
+  ``/first-tier-model`` with k=10 (adds the tier-one host hop), so the served time can be
+  split into proxy/ingress, the tier-one hop and the tier-two hop;
 * **hot swap**: ``POST /v1/admin/models`` moving the ranker's champion between two
   versions: the time until it answers (every replica acknowledged) and until a
   ``/recommend`` names the new version.
@@ -218,6 +221,16 @@ def _bench(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
         response = client.post(url, json=body)
         response.raise_for_status()
 
+    # Where the served time goes: the proxy and ingress alone, then one model-host hop.
+    healthz_url = f"{serve_url(settings)}/healthz"
+    first_tier_url = f"{serve_url(settings)}/v1/{PROJECT}/first-tier-model"
+
+    def healthz(client: httpx.Client) -> None:
+        client.get(healthz_url).raise_for_status()
+
+    def first_tier(client: httpx.Client) -> None:
+        client.post(first_tier_url, json={**body, "k": TOP_N}).raise_for_status()
+
     # Warm up both paths and check that they agree.
     with httpx.Client(timeout=60) as client:
         for _ in range(5):
@@ -240,6 +253,8 @@ def _bench(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
             "raw": _percentiles(raw_latencies),
             "raw_uncached_reads": _percentiles(uncached_latencies),
             "served_c1": _concurrent(served, args.requests, 1),
+            "floor_healthz_c1": _concurrent(healthz, args.requests, 1),
+            "floor_tier_one_only_c1": _concurrent(first_tier, args.requests, 1),
             "served_c8": _concurrent(served, 2 * args.requests, 8),
         }
         swap_answer, swap_seen = [], []
@@ -284,6 +299,8 @@ def _bench(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
         "served_c1": {k: median(("served_c1", k)) for k in ("p50_ms", "p99_ms", "throughput_rps")},
         "served_c8": {k: median(("served_c8", k)) for k in ("p50_ms", "p99_ms", "throughput_rps")},
         "ratio_p50_served_c1_to_raw": median(("ratio_p50_served_c1_to_raw",)),
+        "floor_healthz_c1_p50_ms": median(("floor_healthz_c1", "p50_ms")),
+        "floor_tier_one_only_c1_p50_ms": median(("floor_tier_one_only_c1", "p50_ms")),
         "hot_swap_admin_answer_s": median(("hot_swap", "admin_answer_s_median")),
         "hot_swap_first_request_on_new_version_s": median(
             ("hot_swap", "first_request_on_new_version_s_median")

@@ -321,7 +321,10 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=130.0, help="seconds of production")
     parser.add_argument("--trigger", type=float, default=1.0, help="online job trigger (s)")
     parser.add_argument(
-        "--max-offsets", type=int, default=6000, help="Kafka records per micro-batch"
+        "--max-offsets",
+        type=int,
+        default=50_000,
+        help="Kafka records per micro-batch at most (the online job's default)",
     )
     parser.add_argument("--marker-every", type=float, default=0.25)
     parser.add_argument("--drain-timeout", type=float, default=120.0)
