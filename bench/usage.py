@@ -9,7 +9,7 @@ that map them) from ``/proc/<pid>/smaps_rollup``. Processes are grouped by compo
   (``twotier.infra`` services): the process group each service leads plus its
   descendants; for Ray every process of the node (``RayService.node_processes``).
 * ``during``: the process tree of a command, each process classified by its command
-  line (``kafka``, ``ferretdb``, ``mlflow``, ``dagster``, ``ray``, ``spark``), else by its
+  line (``kafka``, ``secantusdb``, ``ferretdb``, ``mlflow``, ``dagster``, ``ray``, ``spark``), else by its
   nearest classified ancestor, else ``benchmark`` (the driver itself).
 
 CPU is in percent of one core (200 = two cores busy). Memory sums over a component's
@@ -38,7 +38,7 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results"
-COMPONENTS = ("kafka", "ferretdb", "mlflow", "dagster", "ray", "spark")
+COMPONENTS = ("kafka", "secantusdb", "ferretdb", "mlflow", "dagster", "ray", "spark")
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 MB = 1024 * 1024
@@ -126,6 +126,8 @@ def classify(command: str) -> str | None:
         return "kafka"
     if "org.apache.spark" in text or "twotier.feature_jobs" in text or "pyspark" in text:
         return "spark"
+    if "secantusd-rs" in text.split(" ", 1)[0]:
+        return "secantusdb"
     if "ferretdb" in text.split(" ", 1)[0] or "/ferretdb " in text:
         return "ferretdb"
     if "mlflow" in text and ("server" in text or "uvicorn" in text or "gunicorn" in text):
@@ -145,7 +147,7 @@ def stack_groups(settings: Any) -> Groups:
     """Pids of each service of the stack ``settings`` describes (running ones only)."""
     from twotier.infra.stack import make_service
 
-    services = {name: make_service(name, settings) for name in settings.stack.services}
+    services = {name: make_service(name, settings) for name in settings.stack.resolved_services()}
 
     def groups() -> dict[str, set[int]]:
         table = process_table()

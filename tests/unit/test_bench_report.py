@@ -164,6 +164,8 @@ def test_last_json_on_stdout() -> None:
 def test_usage_classifies_stack_processes() -> None:
     assert usage.classify("/usr/bin/java -Xmx384m ... kafka.Kafka /x/server.properties") == "kafka"
     assert usage.classify("/c/ferretdb/v1.24.2/ferretdb --listen-addr=127.0.0.1:1") == "ferretdb"
+    secantus = "/c/secantusdb/0.5.3-beta.196/bin/secantusd-rs --config=/d/secantusd.toml"
+    assert usage.classify(secantus) == "secantusdb"
     assert usage.classify("python -m mlflow server --host 127.0.0.1") == "mlflow"
     assert usage.classify("python3 -m dagster api grpc --lazy-load-user-code") == "dagster"
     assert usage.classify("/v/lib/python3.11/site-packages/ray/core/src/ray/raylet/raylet") == "ray"
