@@ -9,8 +9,8 @@ that map them) from ``/proc/<pid>/smaps_rollup``. Processes are grouped by compo
   (``twotier.infra`` services): the process group each service leads plus its
   descendants; for Ray every process of the node (``RayService.node_processes``).
 * ``during``: the process tree of a command, each process classified by its command
-  line (``kafka``, ``secantusdb``, ``ferretdb``, ``mlflow``, ``dagster``, ``ray``, ``spark``), else by its
-  nearest classified ancestor, else ``benchmark`` (the driver itself).
+  line (``kafka``, ``secantusdb``, ``ferretdb``, ``mlflow``, ``dagster``, ``ray``,
+  ``spark``), else by its nearest classified ancestor, else ``benchmark`` (the driver itself).
 
 CPU is in percent of one core (200 = two cores busy). Memory sums over a component's
 processes: RSS counts shared pages once per process, PSS does not.
