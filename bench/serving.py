@@ -229,7 +229,8 @@ def _bench(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
         client.get(healthz_url).raise_for_status()
 
     def first_tier(client: httpx.Client) -> None:
-        client.post(first_tier_url, json={**body, "k": TOP_N}).raise_for_status()
+        tier_one_body = {"user_id": USER, "k": TOP_N, "group": "control"}
+        client.post(first_tier_url, json=tier_one_body).raise_for_status()
 
     # Warm up both paths and check that they agree.
     with httpx.Client(timeout=60) as client:
