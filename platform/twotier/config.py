@@ -126,8 +126,8 @@ class SecantusDBConfig(_Section):
     toolchain: str = "nightly"
     """The rustup toolchain that builds it (its crates declare a Rust newer than stable)."""
     sync_on_commit: bool = True
-    """Fsync the WiredTiger log on every commit. Without it a kill -9 loses acknowledged
-    writes, even with ``j: true``."""
+    """Fsync the WiredTiger log on every commit. Without it a probe saw a kill -9 lose an
+    acknowledged write, even with ``j: true``."""
     cache_size: str = Field("512M", pattern=r"^\d+[KMG]$")
     """WiredTiger cache (the server's default is 4G)."""
     log_file_max: str = Field("64MB", pattern=r"^\d+[KMG]B$")
