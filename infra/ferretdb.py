@@ -17,7 +17,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from twotier.infra.service import Service, StackError
+from twotier.infra.service import Service, StackError, mongo_ping
 from twotier.progress import Progress, quiet
 
 MODULE = "github.com/FerretDB/FerretDB"
@@ -140,18 +140,7 @@ class FerretDBService(Service):
 
     def healthy(self) -> bool:
         """A ``ping`` command over the MongoDB wire protocol."""
-        from pymongo import MongoClient
-        from pymongo.errors import PyMongoError
-
-        client: MongoClient[dict[str, object]] = MongoClient(
-            self.endpoint, serverSelectionTimeoutMS=500, connectTimeoutMS=500
-        )
-        try:
-            return bool(client.admin.command("ping").get("ok"))
-        except PyMongoError:
-            return False
-        finally:
-            client.close()
+        return mongo_ping(self.endpoint)
 
 
 def _make_writable(root: Path) -> None:

@@ -24,7 +24,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from twotier.infra.service import Service, StackError
+from twotier.infra.service import Service, StackError, mongo_ping
 from twotier.progress import Progress, quiet
 
 CRATE = "secantus-mdb"
@@ -155,15 +155,4 @@ class SecantusDBService(Service):
 
     def healthy(self) -> bool:
         """A ``ping`` command over the MongoDB wire protocol."""
-        from pymongo import MongoClient
-        from pymongo.errors import PyMongoError
-
-        client: MongoClient[dict[str, object]] = MongoClient(
-            self.endpoint, serverSelectionTimeoutMS=500, connectTimeoutMS=500, directConnection=True
-        )
-        try:
-            return bool(client.admin.command("ping").get("ok"))
-        except PyMongoError:
-            return False
-        finally:
-            client.close()
+        return mongo_ping(self.endpoint)

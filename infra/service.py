@@ -67,6 +67,22 @@ def port_free(host: str, port: int) -> bool:
     return True
 
 
+def mongo_ping(endpoint: str) -> bool:
+    """Whether a MongoDB-wire server at ``endpoint`` answers ``ping`` within half a second."""
+    from pymongo import MongoClient
+    from pymongo.errors import PyMongoError
+
+    client: MongoClient[dict[str, object]] = MongoClient(
+        endpoint, serverSelectionTimeoutMS=500, connectTimeoutMS=500, directConnection=True
+    )
+    try:
+        return bool(client.admin.command("ping").get("ok"))
+    except PyMongoError:
+        return False
+    finally:
+        client.close()
+
+
 def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)

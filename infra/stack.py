@@ -37,7 +37,7 @@ class Stack:
 
     def __init__(self, settings: Settings, only: list[str] | None = None) -> None:
         self.settings = settings
-        wanted = settings.stack.resolved_services()
+        wanted: list[str] = list(settings.stack.resolved_services())
         if settings.online_store.uri and ONLINE_STORE in settings.stack.services:
             # An external online store (online_store.uri): no local server for it.
             explicit = set(settings.stack.services)

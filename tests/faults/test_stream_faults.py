@@ -8,15 +8,13 @@ the job had caught up again, whether the job survived) goes to ``fault_report``.
 
 from __future__ import annotations
 
-import contextlib
-import os
-import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from online_servers import sigkill_service
 from streaming_harness import (
     OnlineJob,
     assert_exact,
@@ -29,7 +27,7 @@ from streaming_harness import (
 
 from twotier.config import Settings
 from twotier.events import Event
-from twotier.infra.service import Service, pid_alive
+from twotier.infra.service import Service
 
 DOWN_S = 5.0
 """How long a killed service stays down before it is started again."""
@@ -40,20 +38,6 @@ def stream_setup(
     settings: Settings, movielens: Path, kafka: Service, online_server: Service
 ) -> Iterator[tuple[Settings, str, list[Event]]]:
     yield from stream_project(settings, movielens, prefix="fault")
-
-
-def _sigkill_service(service: Service) -> None:
-    """SIGKILL the service's process group, as a crash would, and wait until it is gone."""
-    pid = service.pid()
-    assert pid is not None, f"{service.name} is not running"
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(pid, signal.SIGKILL)
-    deadline = time.monotonic() + 30
-    while pid_alive(pid) and time.monotonic() < deadline:
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(pid, os.WNOHANG)
-        time.sleep(0.1)
-    assert not pid_alive(pid), f"{service.name} survived SIGKILL"
 
 
 def _kill_service_mid_stream(
@@ -71,7 +55,7 @@ def _kill_service_mid_stream(
         wait_for("batch 1", lambda: status(settings, project).get("batch_id", -1) >= 1, job, 300)
         batch_at_kill = status(settings, project).get("batch_id", -1)
         killed_at = time.monotonic()
-        _sigkill_service(service)
+        sigkill_service(service)
         time.sleep(DOWN_S)
         service.start(print)
         restarted_at = time.monotonic()

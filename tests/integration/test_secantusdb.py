@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-import contextlib
-import os
-import signal
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from online_servers import sigkill_service
 
 from twotier.config import Settings
 from twotier.infra.secantusdb import SecantusDBService
-from twotier.infra.service import Service, pid_alive
+from twotier.infra.service import Service
 from twotier.online_store import connect
 from twotier.online_store.mongodb import BATCHES_FIELD, MongoDBOnlineStore
 
@@ -43,19 +40,6 @@ def own_server(
         service.stop()
 
 
-def _sigkill(service: Service) -> None:
-    pid = service.pid()
-    assert pid is not None
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(pid, signal.SIGKILL)
-    deadline = time.monotonic() + 30
-    while pid_alive(pid) and time.monotonic() < deadline:
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(pid, os.WNOHANG)
-        time.sleep(0.05)
-    assert not pid_alive(pid)
-
-
 def test_no_acknowledged_batch_is_lost_on_kill_9(own_server: SecantusDBService) -> None:
     """kill -9 just after acknowledged batches: after a restart every counter and marker is back."""
     settings = own_server.settings
@@ -67,7 +51,7 @@ def test_no_acknowledged_batch_is_lost_on_kill_9(own_server: SecantusDBService) 
             store.apply_increments(
                 collection, "writer", batch_id, {i: {"views": 1, "smiles": batch_id} for i in ids}
             )
-        _sigkill(own_server)  # no pause: the last batch was acknowledged a moment ago
+        sigkill_service(own_server)  # no pause: the last batch was acknowledged a moment ago
     own_server.start(print)
     with connect(settings) as store:
         assert isinstance(store, MongoDBOnlineStore)
