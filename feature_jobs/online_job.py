@@ -183,6 +183,7 @@ class _BatchWriter:
         self.dead = DeadLetters(settings, project)
         self.offsets = KafkaOffsets(settings)
         self.fault_after_write = _fault_after_write()
+        self._writers = ThreadPoolExecutor(max(1, len(groups)), "twotier-online-write")
         self._batch_key: str | None = None
 
     @property
@@ -192,6 +193,7 @@ class _BatchWriter:
         return self._batch_key
 
     def close(self) -> None:
+        self._writers.shutdown(wait=True)
         self.offsets.close()
         with contextlib.suppress(TwotierError):
             self.dead.close()
@@ -222,8 +224,7 @@ class _BatchWriter:
                 "write_s": round(time.perf_counter() - began, 4),
             }
 
-        with ThreadPoolExecutor(max(1, len(self.groups)), "twotier-online-write") as pool:
-            done = [r for r in pool.map(write, self.groups) if r is not None]
+        done = [r for r in self._writers.map(write, self.groups) if r is not None]
         return dict(done)
 
     def __call__(self, batch: DataFrame, batch_id: int) -> None:

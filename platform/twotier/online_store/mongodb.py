@@ -474,18 +474,9 @@ class MongoDBOnlineStore(OnlineStore):
         for chunk in _chunks(docs, _INSERT_CHUNK):
             remaining = chunk
             while remaining:
-                try:
-                    reply = self._db.command(
-                        "insert",
-                        collection,
-                        documents=remaining,
-                        ordered=False,
-                        writeConcern=self._write_concern.document,
-                    )
-                except PyMongoError as exc:
-                    raise OnlineStoreError(
-                        f"cannot write batch {batch} to {collection!r}: {exc} (safe to replay)"
-                    ) from exc
+                reply = self._write_command(
+                    "insert", collection, batch, documents=remaining, ordered=False
+                )
                 n = int(reply.get("n", 0))
                 inserted += n
                 errors = reply.get("writeErrors") or []
@@ -502,6 +493,20 @@ class MongoDBOnlineStore(OnlineStore):
                 remaining = remaining[max(int(e.get("index", 0)) for e in errors) + 1 :]
         return inserted, raced
 
+    def _write_command(
+        self, name: str, collection: str, batch: str, **fields: Any
+    ) -> dict[str, Any]:
+        """One raw write command with the store's write concern (raw commands lack it)."""
+        try:
+            reply: dict[str, Any] = self._db.command(
+                name, collection, writeConcern=self._write_concern.document, **fields
+            )
+        except PyMongoError as exc:
+            raise OnlineStoreError(
+                f"cannot write batch {batch} to {collection!r}: {exc} (safe to replay)"
+            ) from exc
+        return reply
+
     def _update(self, collection: str, statements: list[dict[str, Any]], batch: str) -> int:
         """Run one ordered ``update`` command; return how many documents matched or upserted.
 
@@ -510,18 +515,9 @@ class MongoDBOnlineStore(OnlineStore):
         command is retried (every statement in it is idempotent).
         """
         for attempt in range(1, _ATTEMPTS + 1):
-            try:
-                reply = self._db.command(
-                    "update",
-                    collection,
-                    updates=statements,
-                    ordered=True,
-                    writeConcern=self._write_concern.document,
-                )
-            except PyMongoError as exc:
-                raise OnlineStoreError(
-                    f"cannot write batch {batch} to {collection!r}: {exc} (safe to replay)"
-                ) from exc
+            reply = self._write_command(
+                "update", collection, batch, updates=statements, ordered=True
+            )
             errors = reply.get("writeErrors") or []
             if not errors:
                 return int(reply.get("n", 0))
@@ -577,18 +573,18 @@ class MongoDBOnlineStore(OnlineStore):
         """
         answers: list[dict[str, dict[str, float]]] = [{} for _ in reads]
         active = [(n, r) for n, r in enumerate(reads) if r.ids]
-        if len(active) == 1:
-            n, r = active[0]
-            answers[n] = self.get_many(r.collection, r.ids, r.fields)
-        elif active and not self.capabilities.union_reads:
-            # Overlapped instead: one find per collection, all in flight at once.
+        if len(active) < 2 or not self.capabilities.union_reads:
+            # One find per collection, all in flight at once (one alone: no thread hop).
+            if len(active) == 1:
+                n, r = active[0]
+                answers[n] = self.get_many(r.collection, r.ids, r.fields)
+                return answers
             futures = [
                 (n, self._readers.submit(self.get_many, r.collection, r.ids, r.fields))
                 for n, r in active
             ]
             for n, future in futures:
                 answers[n] = future.result()
-        if len(active) < 2 or not self.capabilities.union_reads:
             return answers
 
         def stages(n: int, read: Read) -> list[dict[str, Any]]:
