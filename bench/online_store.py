@@ -6,6 +6,9 @@ FerretDB v1), started through the project's infra with its own data folder and p
 * loads 20,000 documents of 10 counters through ``apply_increments``;
 * times ``find({"_id": {"$in": 500 random ids}})`` with bare pymongo (p50 / p99);
 * times ``OnlineStore.get_groups`` of 1 user + 500 items from two collections;
+* the floors under serving's feature reads: ``find_one`` of one document by ``_id`` (a
+  warm read: the user only) and the same 500 ids as four concurrent ``$in`` finds of 125
+  (does fanning one read out over connections beat the server's own ``$in``?);
 * measures compare-and-set ``$inc`` throughput: ``apply_increments`` batches of 1,000
   existing documents (FerretDB: of 10, it scans the collection per statement), with
   write concern ``j: true`` and without;
@@ -34,6 +37,7 @@ import shutil
 import signal
 import statistics
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -111,6 +115,10 @@ def _probe(store: MongoDBOnlineStore, collection: str) -> dict[str, bool]:
     return out
 
 
+def _quarters(ids: list[str]) -> list[list[str]]:
+    return [ids[i::4] for i in range(4)]
+
+
 def _updates_per_s(
     settings: Settings, ids: list[str], bulk: int, batches: int, writer: str
 ) -> float:
@@ -170,6 +178,9 @@ def one_config(args: argparse.Namespace, name: str) -> dict[str, Any]:
         coll = client["bench"]["items"]
         in_ms: list[float] = []
         groups_ms: list[float] = []
+        one_ms: list[float] = []
+        fan_ms: list[float] = []
+        fan = ThreadPoolExecutor(4)
         requests = min(args.requests, 10) if ferret else args.requests  # ~3 s per $in there
         with connect(settings) as store:
             for _ in range(requests):
@@ -182,6 +193,16 @@ def one_config(args: argparse.Namespace, name: str) -> dict[str, Any]:
                 answers = store.get_groups([Read("users", ["u1"]), Read("items", wanted)])
                 groups_ms.append((time.perf_counter() - started) * 1000)
                 assert len(answers[1]) == IN_IDS
+                started = time.perf_counter()
+                assert coll.find_one({"_id": wanted[0]}) is not None
+                one_ms.append((time.perf_counter() - started) * 1000)
+                started = time.perf_counter()
+                parts = fan.map(
+                    lambda ids: list(coll.find({"_id": {"$in": ids}})), _quarters(wanted)
+                )
+                assert sum(len(p) for p in parts) == IN_IDS
+                fan_ms.append((time.perf_counter() - started) * 1000)
+        fan.shutdown()
         client.close()
         bulk, batches = (10, 2) if ferret else (1_000, 7)
         journaled = _updates_per_s(settings, ids, bulk, batches, "cas-j")
@@ -196,6 +217,10 @@ def one_config(args: argparse.Namespace, name: str) -> dict[str, Any]:
         "load_20k_docs_s": round(load_s, 2),
         "find_in_500_p50_ms": round(_percentile(in_ms, 50), 2),
         "find_in_500_p99_ms": round(_percentile(in_ms, 99), 2),
+        "find_one_p50_ms": round(_percentile(one_ms, 50), 2),
+        "find_one_p99_ms": round(_percentile(one_ms, 99), 2),
+        "find_in_500_as_4_concurrent_p50_ms": round(_percentile(fan_ms, 50), 2),
+        "find_in_500_as_4_concurrent_p99_ms": round(_percentile(fan_ms, 99), 2),
         "get_groups_user_plus_500_p50_ms": round(_percentile(groups_ms, 50), 2),
         "get_groups_user_plus_500_p99_ms": round(_percentile(groups_ms, 99), 2),
         "cas_updates_per_s_j_true": round(journaled, 1),

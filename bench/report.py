@@ -133,6 +133,8 @@ def _streaming_rows(result: Mapping[str, Any]) -> list[Row]:
 SERVER_COLUMNS = (
     ("find_in_500_p50_ms", "`$in` 500 p50 ms"),
     ("find_in_500_p99_ms", "`$in` 500 p99 ms"),
+    ("find_in_500_as_4_concurrent_p99_ms", "4 x 125 concurrent p99 ms"),
+    ("find_one_p99_ms", "`find_one` p99 ms"),
     ("get_groups_user_plus_500_p99_ms", "user + 500 items p99 ms"),
     ("cas_updates_per_s_j_true", "CAS updates/s (j)"),
     ("cas_updates_per_s_j_false", "CAS updates/s (no j)"),
