@@ -145,21 +145,44 @@ def _versions(answer: dict[str, Any]) -> str:
     return ", ".join(f"{m['name']} v{m['version']}@{m['alias']}" for m in answer["models"])
 
 
+def _count(value: float | None) -> str:
+    return "?" if value is None else f"{value:.0f}"
+
+
 def _show_recommendations(
     settings: Settings, project: str, users: list[str], titles: dict[str, str]
 ) -> None:
     metrics = _offline_metrics(settings, project, "champion")
-    table = _titled("offline hold-out metrics of the champion vs popularity")
-    table.add_column("metric")
-    table.add_column("two tiers", justify="right")
-    table.add_column("popularity", justify="right")
-    for label, ours, baseline in (
-        ("NDCG@10", "two_tier_ndcg_at_10", "popularity_ndcg_at_10"),
-        ("Recall@100", "two_tier_recall_at_100", "popularity_recall_at_100"),
-    ):
-        table.add_row(label, _metric(metrics, ours), _metric(metrics, baseline))
-    table.add_row("tier-two AUC", _metric(metrics, "auc"), "0.5 (chance)")
+    known, cold = metrics.get("eval_known_users"), metrics.get("eval_cold_users")
+    table = _titled(
+        f"champion's hold-out NDCG@10: {_count(known)} known users (tier one trained on "
+        f"them), {_count(cold)} cold (recent-popularity fallback)"
+    )
+    table.add_column("users")
+    for header in ("two tiers", "tier one", "popularity", "recent pop."):
+        table.add_column(header, justify="right")
+    for label, infix in (("all", ""), ("known", "known_"), ("cold", "cold_")):
+        table.add_row(
+            label,
+            *(
+                _metric(metrics, f"{system}_{infix}ndcg_at_10")
+                for system in ("two_tier", "tier_one", "popularity", "recent_popularity")
+            ),
+        )
     console.print(table)
+    for baseline in ("popularity", "recent_popularity"):
+        key = f"two_tier_known_ndcg_ratio_vs_{baseline}"
+        console.print(
+            f"[dim]known users, two tiers / {baseline.replace('_', ' ')}: "
+            f"{_metric(metrics, key)}x (95% bootstrap [{_metric(metrics, key + '_ci_low')}, "
+            f"{_metric(metrics, key + '_ci_high')}])[/dim]"
+        )
+    console.print(
+        f"[dim]Recall@100 {_metric(metrics, 'two_tier_recall_at_100')} vs popularity "
+        f"{_metric(metrics, 'popularity_recall_at_100')}; tier-two AUC "
+        f"{_metric(metrics, 'auc')}. The beats_popularity check says 'inconclusive' (WARN) "
+        "below 30 known users instead of passing.[/dim]"
+    )
     for user in users:
         console.print(f"[cyan]POST {_serve(settings)}/v1/{project}/recommend[/cyan] user {user}")
         answer = _recommend(settings, project, user)

@@ -12,7 +12,9 @@ from twotier.models.metrics import (
     MetricsError,
     PopularityBaseline,
     auc,
+    bootstrap_ratio,
     ndcg_at_k,
+    per_user_metrics,
     ranking_metrics,
     recall_at_k,
 )
@@ -128,3 +130,55 @@ def test_tier_one_onnx_top_k_equals_numpy_and_falls_back_to_popularity() -> None
         train_tier_one(interactions.rename(columns={"item_id": "movie"}))
     with pytest.raises(TierOneError, match="no training interactions"):
         train_tier_one(interactions.iloc[:0])
+
+
+DAY_MS = 86_400_000
+
+
+def test_recent_popularity_counts_only_the_window_before_the_cutoff() -> None:
+    views = pd.DataFrame(
+        {
+            "item_id": ["old", "old", "old", "new", "new", "late"],
+            "ts": [0, 1, 2, 100 * DAY_MS, 101 * DAY_MS, 200 * DAY_MS],
+        }
+    )
+    recent = PopularityBaseline.fit_recent(views, until_ts=150 * DAY_MS, window_days=60)
+    assert recent.item_ids == ["new"]  # "old" is outside the window, "late" after the cut
+    assert PopularityBaseline.fit(views["item_id"]).item_ids[0] == "old"
+    with pytest.raises(MetricsError, match="widen the recent-popularity window"):
+        PopularityBaseline.fit_recent(views, until_ts=150 * DAY_MS, window_days=1)
+    with pytest.raises(MetricsError, match="positive number of days"):
+        PopularityBaseline.fit_recent(views, until_ts=150 * DAY_MS, window_days=0)
+
+
+def test_per_user_metrics_and_the_paired_bootstrap() -> None:
+    ranked = {"a": ["x", "y"], "b": ["y", "x"]}
+    relevant = {"a": {"x"}, "b": {"x"}, "c": {"z"}}
+    ndcg, recall = per_user_metrics(ranked, relevant, ["a", "b", "c"], k=2, ndcg_k=2)
+    np.testing.assert_allclose(ndcg, [1.0, 1 / math.log2(3), 0.0])
+    np.testing.assert_allclose(recall, [1.0, 1.0, 0.0])
+    rng = np.random.default_rng(1)
+    base = rng.uniform(0.1, 0.3, 400)
+    ratio, low, high = bootstrap_ratio(base * 2.0, base, resamples=500)
+    assert ratio == pytest.approx(2.0) and low == pytest.approx(2.0) and high == pytest.approx(2.0)
+    noisy = base * 1.1 + rng.normal(0, 0.2, 400)
+    ratio, low, high = bootstrap_ratio(noisy, base, resamples=500)
+    assert low < ratio < high and low < 1.0 < high  # a noisy 10% gain is not significant
+    with pytest.raises(MetricsError, match="equal, non-empty"):
+        bootstrap_ratio(base, base[:3])
+
+
+def test_cold_fallback_is_recent_popularity() -> None:
+    frame = pd.DataFrame(
+        {
+            "user_id": ["u1", "u2", "u3", "u1", "u2", "u3", "u4"],
+            "item_id": ["classic", "classic", "classic", "fresh", "fresh", "x", "x"],
+            "ts": [0, 1, 2, 999 * DAY_MS, 999 * DAY_MS, 5, 6],
+        }
+    )
+    params = TierOneParams(factors=2, iterations=2, top_k=2, fallback_window_days=30)
+    session = TierOneSession(export_tier_one(train_tier_one(frame, params)))
+    assert session.candidates(["stranger"], k=1)["stranger"] == ["fresh"]
+    everything = TierOneParams(factors=2, iterations=2, top_k=2, fallback_window_days=None)
+    session = TierOneSession(export_tier_one(train_tier_one(frame, everything)))
+    assert session.candidates(["stranger"], k=1)["stranger"] == ["classic"]

@@ -18,7 +18,13 @@ from twotier.models.datasets import (
 from twotier.models.plots import feature_importance_figure, png_bytes, recall_curve
 from twotier.pipelines.assets import make_project_assets
 from twotier.pipelines.assets.ingest.events_checks import known_actions
-from twotier.pipelines.assets.models.gates import auc_gate, beats_popularity_gate, parity_gate
+from twotier.pipelines.assets.models.gates import (
+    auc_gate,
+    beats_popularity_gate,
+    known_users_gate,
+    parity_gate,
+    recall_gate,
+)
 from twotier.pipelines.assets.partitions import (
     partitions_covering,
     training_partitions,
@@ -54,6 +60,39 @@ def test_gates_pass_and_fail_at_their_thresholds() -> None:
     assert not beats_popularity_gate(metrics, "two_tier", 100, 10, 0.02)[0]
     with pytest.raises(KeyError, match="two_tier_recall_at_50"):
         beats_popularity_gate(metrics, "two_tier", 50, 10, 0.0)
+
+
+def _known(ratio: float, low: float, recent: float, recent_low: float, users: int = 100) -> dict:
+    out = {"eval_known_users": float(users)}
+    for name, r, lo in (("popularity", ratio, low), ("recent_popularity", recent, recent_low)):
+        key = f"two_tier_known_ndcg_ratio_vs_{name}"
+        out |= {key: r, f"{key}_ci_low": lo, f"{key}_ci_high": r + (r - lo)}
+    return out
+
+
+def test_known_users_gate_passes_fails_and_says_when_it_cannot_decide() -> None:
+    passed = known_users_gate(_known(1.6, 1.2, 1.2, 1.05), 10, 30)
+    assert passed.verdict == "pass" and not passed.blocks
+    assert "1.60x popularity [1.20, 2.00]" in passed.message
+    # Better than all-time popularity, worse than recent popularity: a failure that blocks.
+    lost = known_users_gate(_known(1.6, 1.2, 0.9, 0.7), 10, 30)
+    assert lost.verdict == "fail" and lost.blocks and lost.value == pytest.approx(0.9)
+    # Better on the point, but resampling users reaches no gain: inconclusive (WARN).
+    wide = known_users_gate(_known(1.3, 0.95, 1.2, 1.01), 10, 30)
+    assert wide.verdict == "inconclusive" and not wide.blocks and "reaches 1x" in wide.message
+    # Too few known users: inconclusive whatever the numbers, and it says how many.
+    few = known_users_gate(_known(3.0, 2.0, 3.0, 2.0, users=9), 10, 30)
+    assert few.verdict == "inconclusive" and "only 9 known hold-out users" in few.message
+    # A required margin.
+    assert known_users_gate(_known(1.6, 1.2, 1.2, 1.05), 10, 30, min_gain=0.5).blocks
+    with pytest.raises(KeyError, match="two_tier_known_ndcg_ratio_vs_popularity"):
+        known_users_gate({"eval_known_users": 50.0}, 10, 30)
+
+
+def test_recall_gate_compares_with_popularity() -> None:
+    metrics = {"two_tier_recall_at_100": 0.3, "popularity_recall_at_100": 0.25}
+    assert recall_gate(metrics, 100)[0] and "+0.0500" in recall_gate(metrics, 100)[2]
+    assert not recall_gate({**metrics, "popularity_recall_at_100": 0.4}, 100)[0]
 
 
 def test_monthly_partitions_and_their_windows() -> None:

@@ -45,6 +45,9 @@ class TierOneConfig(dg.Config):
     regularization: float = Field(1.0, gt=0)
     alpha: float = Field(5.0, gt=0)
     top_k: int = Field(100, ge=1, description="Candidates the ONNX graph returns by default.")
+    fallback_window_days: float | None = Field(
+        730.0, gt=0, description="Cold users get the popularity of this many last days."
+    )
     seed: int = 0
     test_fraction: float = Field(0.2, gt=0, lt=1, description="Latest share of views held out.")
     parity_tolerance: float = Field(PARITY_TOLERANCE, gt=0, le=PARITY_TOLERANCE)
@@ -105,6 +108,7 @@ def make_tier_one_model(project: str) -> dg.AssetsDefinition:
             regularization=config.regularization,
             alpha=config.alpha,
             top_k=config.top_k,
+            fallback_window_days=config.fallback_window_days,
             seed=config.seed,
         )
         model = train_tier_one(train, params)

@@ -22,7 +22,12 @@ from twotier.pipelines.assets.keys import (
     tier_two,
     training_set_tier_two,
 )
-from twotier.pipelines.assets.models.gates import auc_gate, beats_popularity_gate, parity_gate
+from twotier.pipelines.assets.models.gates import (
+    auc_gate,
+    known_users_gate,
+    parity_gate,
+    recall_gate,
+)
 from twotier.pipelines.assets.models.run_logging import (
     Stopwatch,
     flat_params,
@@ -39,6 +44,7 @@ from twotier.registry import register_onnx
 PARITY_CHECK = "parity"
 AUC_CHECK = "auc_floor"
 POPULARITY_CHECK = "beats_popularity"
+RECALL_CHECK = "recall_vs_popularity"
 
 
 class TierTwoConfig(dg.Config):
@@ -50,7 +56,18 @@ class TierTwoConfig(dg.Config):
     random_state: int = 0
     auc_floor: float = Field(0.55, ge=0, le=1, description="Lowest hold-out AUC to promote.")
     min_gain_over_popularity: float = Field(
-        0.0, description="NDCG@10 or Recall@k of the two tiers must beat popularity by more."
+        0.0,
+        ge=0,
+        description="On known users, NDCG@10 of the two tiers must exceed (1 + this) times "
+        "both popularity baselines'.",
+    )
+    min_known_users: int = Field(
+        30,
+        ge=1,
+        description="Known hold-out users below which beats_popularity is inconclusive (WARN).",
+    )
+    recent_popularity_days: float = Field(
+        730.0, gt=0, description="Window of the recent-popularity baseline (days)."
     )
     parity_tolerance: float = Field(PARITY_TOLERANCE, gt=0, le=PARITY_TOLERANCE)
     eval_k: int = Field(100, ge=1, description="Tier-one candidates per hold-out user.")
@@ -101,7 +118,14 @@ def make_tier_two_model(project: str, features: ProjectFeatures, model: str) -> 
                 POPULARITY_CHECK,
                 asset=key,
                 blocking=True,
-                description="The two tiers beat the popularity baseline (ERROR).",
+                description="On known users, the two tiers beat all-time and recent popularity "
+                "on NDCG@10 beyond the bootstrap interval (ERROR; WARN when too few users "
+                "or an interval reaches 1x).",
+            ),
+            dg.AssetCheckSpec(
+                RECALL_CHECK,
+                asset=key,
+                description="Tier one's candidates recall at least what popularity does (WARN).",
             ),
         ],
         description=f"XGBoost ranker {model!r} of {project!r} as ONNX with its features spec, "
@@ -139,6 +163,7 @@ def make_tier_two_model(project: str, features: ProjectFeatures, model: str) -> 
                 ndcg_k=config.ndcg_k,
                 max_users=config.eval_max_users,
                 seed=config.random_state,
+                recent_days=config.recent_popularity_days,
             )
         watch.lap("evaluate_two_tiers")
         holdout = rows[rows["ts"] >= cutoff]
@@ -193,11 +218,13 @@ def make_tier_two_model(project: str, features: ProjectFeatures, model: str) -> 
         watch.lap("register_and_plots")
         parity = parity_gate(metrics["parity_max_abs_diff"], config.parity_tolerance)
         floor = auc_gate(metrics["auc"], config.auc_floor)
-        popular = beats_popularity_gate(
-            evaluation, "two_tier", config.eval_k, config.ndcg_k, config.min_gain_over_popularity
+        popular = known_users_gate(
+            evaluation, config.ndcg_k, config.min_known_users, config.min_gain_over_popularity
         )
+        recall = recall_gate(evaluation, config.eval_k)
         context.log.info(
-            f"registered {ref.model_id} (no alias moved): {floor[2]}; {popular[2]}; {parity[2]}"
+            f"registered {ref.model_id} (no alias moved): {floor[2]}; {popular.verdict}: "
+            f"{popular.message}; {parity[2]}"
         )
         yield dg.Output(
             RegisteredModel(
@@ -209,7 +236,11 @@ def make_tier_two_model(project: str, features: ProjectFeatures, model: str) -> 
                 run_id=run_id,
                 cutoff_ts=cutoff,
                 metrics=metrics,
-                checks={PARITY_CHECK: parity[0], AUC_CHECK: floor[0], POPULARITY_CHECK: popular[0]},
+                checks={
+                    PARITY_CHECK: parity[0],
+                    AUC_CHECK: floor[0],
+                    POPULARITY_CHECK: not popular.blocks,
+                },
             ),
             metadata={
                 "model_name": name,
@@ -226,7 +257,6 @@ def make_tier_two_model(project: str, features: ProjectFeatures, model: str) -> 
         for check, gate, extra in (
             (PARITY_CHECK, parity, {"tolerance": config.parity_tolerance}),
             (AUC_CHECK, floor, {"floor": config.auc_floor}),
-            (POPULARITY_CHECK, popular, {"min_gain": config.min_gain_over_popularity}),
         ):
             yield dg.AssetCheckResult(
                 check_name=check,
@@ -235,5 +265,27 @@ def make_tier_two_model(project: str, features: ProjectFeatures, model: str) -> 
                 description=gate[2],
                 metadata={"value": gate[1], **extra},
             )
+        yield dg.AssetCheckResult(
+            check_name=POPULARITY_CHECK,
+            passed=popular.verdict == "pass",
+            severity=(
+                dg.AssetCheckSeverity.ERROR if popular.blocks else dg.AssetCheckSeverity.WARN
+            ),
+            description=f"{popular.verdict}: {popular.message}",
+            metadata={
+                "verdict": popular.verdict,
+                "value": popular.value,
+                "known_users": evaluation.get("eval_known_users", 0.0),
+                "min_known_users": config.min_known_users,
+                "min_gain": config.min_gain_over_popularity,
+            },
+        )
+        yield dg.AssetCheckResult(
+            check_name=RECALL_CHECK,
+            passed=recall[0],
+            severity=dg.AssetCheckSeverity.WARN,
+            description=recall[2],
+            metadata={"value": recall[1]},
+        )
 
     return tier2_model

@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Collection, Iterable, Mapping, Sequence
 
 import numpy as np
+import pandas as pd
 from scipy.stats import rankdata
 
 from twotier.errors import TwotierError
@@ -120,6 +121,63 @@ def ranking_metrics(
     }
 
 
+def per_user_metrics(
+    ranked: Mapping[str, Sequence[object]],
+    relevant: Mapping[str, Collection[object]],
+    users: Sequence[str],
+    k: int,
+    ndcg_k: int = 10,
+) -> tuple[np.ndarray, np.ndarray]:
+    """NDCG@``ndcg_k`` and Recall@``k`` of each of ``users`` (in that order), for bootstraps.
+
+    A user without a ranked list scores 0; a user without relevant items scores 0 too
+    (callers pass users that have some).
+    """
+    _check_k(k)
+    _check_k(ndcg_k)
+    ndcg = np.array(
+        [ndcg_at_k(list(ranked.get(u, ())), relevant.get(u, ()), ndcg_k) for u in users]
+    )
+    recall = np.array([recall_at_k(list(ranked.get(u, ())), relevant.get(u, ()), k) for u in users])
+    return ndcg, recall
+
+
+def bootstrap_ratio(
+    model: np.ndarray,
+    baseline: np.ndarray,
+    resamples: int = 1000,
+    level: float = 0.95,
+    seed: int = 0,
+) -> tuple[float, float, float]:
+    """``mean(model) / mean(baseline)`` and its percentile interval, resampling users.
+
+    The two arrays hold one value per user, the same users in the same order (a paired
+    bootstrap: each resample draws users, with both of their values).
+
+    Returns:
+        ``(ratio, low, high)``; ``nan`` where the baseline's mean is 0.
+
+    Raises:
+        MetricsError: The arrays differ in length or are empty.
+    """
+    a = np.asarray(model, dtype=np.float64)
+    b = np.asarray(baseline, dtype=np.float64)
+    if a.shape != b.shape or a.ndim != 1 or len(a) == 0:
+        raise MetricsError(
+            f"a paired bootstrap needs two equal, non-empty 1-D arrays; got {a.shape} and {b.shape}"
+        )
+    picks = np.random.default_rng(seed).integers(0, len(a), size=(resamples, len(a)))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratios = a[picks].mean(axis=1) / b[picks].mean(axis=1)
+        point = a.mean() / b.mean() if b.mean() > 0 else float("nan")
+    ratios = ratios[np.isfinite(ratios)]
+    if len(ratios) == 0:
+        return float(point), float("nan"), float("nan")
+    tail = (1.0 - level) / 2.0 * 100.0
+    low, high = np.percentile(ratios, [tail, 100.0 - tail])
+    return float(point), float(low), float(high)
+
+
 class PopularityBaseline:
     """Ranks items by how often they were viewed in the training period; the same list for all.
 
@@ -133,6 +191,31 @@ class PopularityBaseline:
         order = np.lexsort((np.asarray(item_ids, dtype=object).astype(str), -counts))
         self.item_ids: list[str] = [str(item_ids[i]) for i in order]
         self.counts: np.ndarray = np.asarray(counts, dtype=np.float64)[order]
+
+    @classmethod
+    def fit_recent(
+        cls, views: pd.DataFrame, until_ts: int, window_days: float
+    ) -> PopularityBaseline:
+        """Count the views of the last ``window_days`` before ``until_ts`` (ms).
+
+        Args:
+            views: Training views with ``item_id`` and ``ts`` (ms).
+            until_ts: The end of the training period (the cut-off).
+            window_days: The window's length in days.
+
+        Raises:
+            MetricsError: No view falls in the window, or ``window_days`` is not positive.
+        """
+        if window_days <= 0:
+            raise MetricsError(f"window_days={window_days}: use a positive number of days")
+        since = until_ts - int(window_days * 86_400_000)
+        recent = views.loc[(views["ts"] >= since) & (views["ts"] < until_ts), "item_id"]
+        if recent.empty:
+            raise MetricsError(
+                f"no training view in the {window_days:g} days before ts={until_ts}: widen "
+                "the recent-popularity window"
+            )
+        return cls.fit(recent)
 
     @classmethod
     def fit(cls, viewed_items: Iterable[object]) -> PopularityBaseline:
@@ -168,8 +251,10 @@ __all__ = [
     "MetricsError",
     "PopularityBaseline",
     "auc",
+    "bootstrap_ratio",
     "dcg_at_k",
     "ndcg_at_k",
+    "per_user_metrics",
     "ranking_metrics",
     "recall_at_k",
 ]

@@ -14,7 +14,8 @@ The exported ONNX graph computes the candidates itself::
 ``metadata_props`` (``item_ids``, JSON), and ``user_ids`` maps user ids to rows. The last
 row of ``user_factors`` (``fallback_user_index``, also reachable as ``-1``) is the
 popularity fallback for users the model never saw: every factor is 0 except one extra
-column whose item side holds the normalised training popularity.
+column whose item side holds the normalised popularity of the training views of the
+last ``TierOneParams.fallback_window_days``.
 """
 
 from __future__ import annotations
@@ -66,6 +67,9 @@ class TierOneParams(BaseModel):
     """Confidence of an observed view: ``1 + alpha * count``."""
     top_k: int = Field(100, ge=1)
     """The default candidate count the ONNX graph returns."""
+    fallback_window_days: float | None = Field(730.0, gt=0)
+    """Cold users' fallback: popularity over the views of this many days before the last
+    training view (None: all of them). Needs a ``ts`` column (ms); without one, all views."""
     seed: int = 0
 
 
@@ -146,15 +150,31 @@ def _als_half(
     return out
 
 
+def _fallback_popularity(
+    interactions: pd.DataFrame, items: np.ndarray, n_items: int, params: TierOneParams
+) -> np.ndarray:
+    """The cold users' scores: log views per item (recent ones if configured), max 1."""
+    recent = np.ones(len(items), dtype=bool)
+    if params.fallback_window_days is not None and "ts" in interactions.columns:
+        ts = interactions["ts"].to_numpy(dtype=np.int64)
+        recent = ts >= ts.max() - int(params.fallback_window_days * 86_400_000)
+    views = np.bincount(items[recent], minlength=n_items).astype(np.float64)
+    views += 1e-3 * np.bincount(items, minlength=n_items)  # older views break ties
+    popularity = np.log1p(views)
+    return popularity / popularity.max()
+
+
 def train_tier_one(interactions: pd.DataFrame, params: TierOneParams | None = None) -> TierOneModel:
     """Fit implicit ALS on training interactions (one row per view before the cut-off).
 
     Args:
-        interactions: Columns ``user_id`` and ``item_id``; repeated pairs add confidence.
+        interactions: Columns ``user_id`` and ``item_id``; repeated pairs add confidence;
+            ``ts`` (ms), if present, dates the views for the cold users' fallback.
         params: ALS settings (defaults are small and fast).
 
     Returns:
-        The factors, with the popularity fallback row and column appended.
+        The factors, with the popularity fallback row and column appended (popularity of
+        the last ``params.fallback_window_days``).
 
     Raises:
         TierOneError: No interactions, or columns are missing.
@@ -187,8 +207,7 @@ def train_tier_one(interactions: pd.DataFrame, params: TierOneParams | None = No
         user_f = _als_half(item_f, confidence, params.regularization)
         item_f = _als_half(user_f, confidence_t, params.regularization)
 
-    popularity = np.log1p(np.asarray(counts.sum(axis=0)).ravel())
-    popularity = popularity / popularity.max()
+    popularity = _fallback_popularity(interactions, items, len(item_ids), params)
     user_full = np.zeros((len(user_ids) + 1, params.factors + 1), dtype=np.float32)
     user_full[:-1, :-1] = user_f
     user_full[-1, -1] = 1.0

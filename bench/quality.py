@@ -1,0 +1,250 @@
+"""Benchmark: model quality on the full MovieLens data over rolling temporal cut-offs.
+
+Loads MovieLens small (100,836 ratings) into a fresh embedded chdb, materialises the
+feature snapshots and both training sets once through the Dagster asset graph, then for
+each cut-off (``--quantiles``, event-time quantiles of the views, 0.60 to 0.90 by
+default):
+
+1. chooses the recent-popularity window on a validation split *inside* the training
+   period (the last ``--validation-fraction`` of the training views): the window of
+   ``--windows`` whose recent popularity has the best NDCG@10 there;
+2. trains tier one (ALS, cold fallback = recent popularity of that window) and tier two
+   (XGBoost) on the views before the cut-off, with the platform's own functions;
+3. evaluates on every hold-out user (``evaluate_two_tiers``): NDCG@10 and Recall@100 of
+   the two tiers, tier one, all-time and recent popularity, split into known and cold
+   users, with 95% paired bootstrap intervals.
+
+The headline pools the per-user NDCG of every cut-off (user x cut-off pairs resampled
+together) and sets it against the targets of issue 11. Prints JSON and writes
+``bench/results/quality.json``; the hold-out is never used to choose anything.
+
+Usage::
+
+    .venv/bin/python bench/quality.py [--quantiles 0.6 0.675 0.75 0.825 0.9] [--limit N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from twotier.config import ClickHouseOfflineStoreConfig, load_settings
+from twotier.models.data import read_interactions
+from twotier.models.datasets import holdout_cutoff, read_tier_one_set, read_tier_two_set
+from twotier.models.evaluate import evaluate_two_tiers
+from twotier.models.metrics import PopularityBaseline, bootstrap_ratio, per_user_metrics
+from twotier.models.tier_one import TierOneParams, export_tier_one, train_tier_one
+from twotier.models.tier_two import TierTwoParams, train_tier_two_frame
+from twotier.offline_store import events_frame, open_offline_store
+from twotier.offline_store.base import OfflineStore
+from twotier.pipelines.materialize import materialize_project
+from twotier.replay import movielens_events
+
+REPO = Path(__file__).resolve().parent.parent
+RESULTS = REPO / "bench" / "results" / "quality.json"
+DATASET = REPO.parent / "shared" / "datasets" / "movielens-small"
+PROJECT = "movielens"
+DATA_ASSETS = ["feature_snapshots", "training_set_tier1", "training_set_tier2_ranker"]
+FIRST, LAST = "1996-03-01", "2018-09-01"
+NDCG_K, K = 10, 100
+TARGETS = {
+    "known_vs_popularity": 1.5,
+    "known_vs_popularity_stretch": 2.0,
+    "known_vs_recent_popularity": 1.10,
+    "all_vs_popularity": 1.2,
+    "all_vs_popularity_stretch": 1.3,
+}
+
+
+def _by_user(frame: Any) -> dict[str, set[str]]:
+    return {str(u): set(i) for u, i in frame.groupby("user_id")["item_id"]}
+
+
+def choose_window(
+    store: OfflineStore, cutoff: int, windows: list[float], fraction: float
+) -> dict[str, Any]:
+    """The recent-popularity window with the best NDCG@10 on a split inside training."""
+    views = read_interactions(store, PROJECT, "view", until_ts=cutoff)
+    smiles = read_interactions(store, PROJECT, "smile", until_ts=cutoff)
+    inner = holdout_cutoff(views["ts"], fraction)
+    train = views[views["ts"] < inner]
+    seen = _by_user(train)
+    later = _by_user(smiles[smiles["ts"] >= inner])
+    relevant = {u: items - seen.get(u, set()) for u, items in later.items()}
+    users = sorted(u for u, items in relevant.items() if items)
+    scores = {}
+    for days in windows:
+        try:
+            ranked = PopularityBaseline.fit_recent(train, inner, days).rank(users, K, seen)
+        except ValueError:
+            continue
+        ndcg, _ = per_user_metrics(ranked, relevant, users, K, NDCG_K)
+        scores[days] = float(ndcg.mean())
+    best = max(scores, key=lambda d: scores[d])
+    return {"days": best, "validation_users": len(users), "ndcg_by_window": scores}
+
+
+def one_cutoff(
+    store: OfflineStore, settings: Any, quantile: float, args: argparse.Namespace
+) -> tuple[dict[str, Any], dict[str, dict[str, np.ndarray]]]:
+    started = time.perf_counter()
+    views = read_tier_one_set(store, PROJECT)
+    cutoff = holdout_cutoff(views["ts"], 1.0 - quantile)
+    window = choose_window(store, cutoff, args.windows, args.validation_fraction)
+    tier_one = train_tier_one(
+        views[views["ts"] < cutoff],
+        TierOneParams(fallback_window_days=window["days"]),
+    )
+    graph = export_tier_one(tier_one)
+    spec = settings.project_features(PROJECT).model_spec("ranker")
+    rows = read_tier_two_set(store, PROJECT, spec)
+    trained = train_tier_two_frame(rows, spec, cutoff, TierTwoParams())
+    train_s = time.perf_counter() - started
+    per_user: dict[str, dict[str, np.ndarray]] = {}
+    metrics = evaluate_two_tiers(
+        store,
+        settings,
+        PROJECT,
+        graph,
+        trained.onnx_model,
+        cutoff,
+        k=K,
+        ndcg_k=NDCG_K,
+        recent_days=window["days"],
+        per_user=per_user,
+    )
+    return (
+        {
+            "quantile": quantile,
+            "cutoff_ts": cutoff,
+            "recent_window": window,
+            "tier_two_auc": round(trained.metrics["auc"], 4),
+            "seconds_train": round(train_s, 2),
+            "seconds_total": round(time.perf_counter() - started, 2),
+            "metrics": {k: round(v, 4) for k, v in sorted(metrics.items())},
+        },
+        per_user,
+    )
+
+
+def pooled(per_cutoff: list[dict[str, dict[str, np.ndarray]]], split: str) -> dict[str, Any]:
+    """NDCG@10 means and ratios over every (user, cut-off) pair of ``split``."""
+    arrays = {
+        name: np.concatenate([p[split][name] for p in per_cutoff if split in p])
+        for name in ("two_tier", "tier_one", "popularity", "recent_popularity")
+    }
+    out: dict[str, Any] = {
+        "pairs": len(arrays["two_tier"]),
+        "ndcg_at_10": {n: round(float(a.mean()), 4) for n, a in arrays.items()},
+    }
+    for baseline in ("popularity", "recent_popularity"):
+        ratio, low, high = bootstrap_ratio(arrays["two_tier"], arrays[baseline], 2000)
+        out[f"two_tier_ratio_vs_{baseline}"] = [round(ratio, 3), round(low, 3), round(high, 3)]
+    return out
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    data_dir = Path(args.data_dir)
+    shutil.rmtree(data_dir, ignore_errors=True)
+    settings = load_settings(
+        path=REPO / "tests" / "twotier-test.yaml",
+        data_dir=data_dir,
+        cache_dir=REPO / ".twotier" / "cache",
+    )
+    settings = settings.model_copy(
+        update={"offline_store": ClickHouseOfflineStoreConfig(dsn=f"chdb://{data_dir / 'offline'}")}
+    )
+    try:
+        with open_offline_store(settings) as store:
+            store.ensure_tables(PROJECT)
+            frame = events_frame(movielens_events(PROJECT, Path(args.dataset), limit=args.limit))
+            store.insert_events(PROJECT, frame)
+        print(f"loaded {len(frame)} events", flush=True)
+        started = time.perf_counter()
+        materialize_project(settings, PROJECT, selection=DATA_ASSETS, partition_range=(FIRST, LAST))
+        print(f"features and training sets in {time.perf_counter() - started:.1f} s", flush=True)
+        cutoffs, per_user = [], []
+        with open_offline_store(settings) as store:
+            for q in args.quantiles:
+                result, users = one_cutoff(store, settings, q, args)
+                cutoffs.append(result)
+                per_user.append(users)
+                m = result["metrics"]
+                print(
+                    f"q={q}: known {m.get('eval_known_users')} cold {m.get('eval_cold_users')} "
+                    f"two tiers {m.get('two_tier_known_ndcg_at_10')} vs popularity "
+                    f"{m.get('popularity_known_ndcg_at_10')} / recent "
+                    f"{m.get('recent_popularity_known_ndcg_at_10')} (known users)",
+                    flush=True,
+                )
+    finally:
+        shutil.rmtree(data_dir, ignore_errors=True)
+    known, everyone, cold = (pooled(per_user, s) for s in ("known", "all", "cold"))
+    met = {
+        "known_vs_popularity": known["two_tier_ratio_vs_popularity"][0]
+        >= TARGETS["known_vs_popularity"],
+        "known_vs_recent_popularity": known["two_tier_ratio_vs_recent_popularity"][0]
+        >= TARGETS["known_vs_recent_popularity"],
+        "all_vs_popularity": everyone["two_tier_ratio_vs_popularity"][0]
+        >= TARGETS["all_vs_popularity"],
+    }
+    return {
+        "benchmark": "model quality over rolling temporal cut-offs (full MovieLens small)",
+        "protocol": {
+            "quantiles": args.quantiles,
+            "relevant": "hold-out smiles (rating >= 4) on items the user had not viewed",
+            "candidates": K,
+            "recent_window": "chosen per cut-off on the last "
+            f"{args.validation_fraction:g} of the training views, from {args.windows} days",
+            "bootstrap": "paired, 2000 resamples of (user, cut-off) pairs; [ratio, low, high]",
+            "models": "tier one ALS 16 factors x 8 iterations (TierOneParams defaults, cold "
+            "fallback = recent popularity); tier two XGBoost TierTwoParams defaults on the "
+            "MovieLens ranker spec; served order = tier two's",
+        },
+        "headline": {"known_users": known, "all_users": everyone, "cold_users": cold},
+        "targets": {
+            **{f"{k}_ratio": v for k, v in TARGETS.items()},
+            **{f"{k}_met": v for k, v in met.items()},
+        },
+        "cutoffs": cutoffs,
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "machine": {
+            "cpu_count": os.cpu_count(),
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+        },
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument(
+        "--quantiles", type=float, nargs="+", default=[0.6, 0.675, 0.75, 0.825, 0.9]
+    )
+    parser.add_argument(
+        "--windows", type=float, nargs="+", default=[90.0, 180.0, 365.0, 730.0, 1460.0]
+    )
+    parser.add_argument("--validation-fraction", type=float, default=0.1)
+    parser.add_argument("--limit", type=int, default=None, help="Only the first N ratings.")
+    parser.add_argument("--dataset", default=str(DATASET))
+    parser.add_argument("--data-dir", default="/tmp/twotier-bench-quality")
+    parser.add_argument("--no-save", action="store_true", help="print only")
+    args = parser.parse_args()
+    result = run(args)
+    text = json.dumps(result, indent=2)
+    print(text)
+    if not args.no_save:
+        RESULTS.write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
