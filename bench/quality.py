@@ -210,7 +210,19 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "fallback = recent popularity); tier two XGBoost TierTwoParams defaults on the "
             "MovieLens ranker spec; served order = tier two's",
         },
-        "headline": {"known_users": known, "all_users": everyone, "cold_users": cold},
+        "headline": {
+            "ratios": {
+                "known_vs_popularity": known["two_tier_ratio_vs_popularity"][0],
+                "known_vs_recent_popularity": known["two_tier_ratio_vs_recent_popularity"][0],
+                "all_vs_popularity": everyone["two_tier_ratio_vs_popularity"][0],
+                "all_tier_one_alone_vs_popularity": round(
+                    everyone["ndcg_at_10"]["tier_one"] / everyone["ndcg_at_10"]["popularity"], 3
+                ),
+            },
+            "known_users": known,
+            "all_users": everyone,
+            "cold_users": cold,
+        },
         "targets": {
             **{f"{k}_ratio": v for k, v in TARGETS.items()},
             **{f"{k}_met": v for k, v in met.items()},

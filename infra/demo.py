@@ -214,30 +214,60 @@ def _ab_side_by_side(settings: Settings, project: str, users: list[str]) -> None
     console.print(table)
 
 
-def _hot_swap(settings: Settings, project: str, user: str) -> None:
-    from twotier.registry import resolve
-
-    name = model_name(project, "tier2", "ranker")
-    challenger = resolve(settings.mlflow.uri, name, "challenger").version
+def _move_champion(settings: Settings, project: str, version: str) -> dict[str, Any]:
     url = f"{_serve(settings)}/v1/admin/models"
     body = {
         "project": project,
         "tier": "tier2",
         "model": "ranker",
         "alias": "champion",
-        "version": challenger,
+        "version": version,
     }
-    console.print(f"[cyan]POST {url}[/cyan] {body}")
+    console.print(f"[cyan]POST {url}[/cyan] '{json.dumps(body)}'")
     token = settings.serving.admin_token.get_secret_value()
     response = httpx.post(url, json=body, headers={"Authorization": f"Bearer {token}"}, timeout=60)
     response.raise_for_status()
-    swap = response.json()
+    swap: dict[str, Any] = response.json()
     console.print(
         f"{swap['name']}@champion: v{swap['previous_version']} → v{swap['version']} on "
         f"{swap['replicas']} replica(s) in {swap['seconds']:.2f} s"
     )
+    return swap
+
+
+def _hot_swap(settings: Settings, project: str, user: str) -> None:
+    """Swap champion to the challenger, then keep it only if it wins on the hold-out."""
+    from twotier.registry import resolve
+
+    name = model_name(project, "tier2", "ranker")
+    champion = resolve(settings.mlflow.uri, name, "champion").version
+    challenger = resolve(settings.mlflow.uri, name, "challenger").version
+    ours = _offline_metrics(settings, project, "champion")
+    theirs = _offline_metrics(settings, project, "challenger")
+    table = _titled(f"champion v{champion} vs challenger v{challenger} (hold-out NDCG@10)")
+    table.add_column("users")
+    table.add_column(f"champion v{champion}", justify="right")
+    table.add_column(f"challenger v{challenger}", justify="right")
+    for label, key in (
+        ("all", "two_tier_ndcg_at_10"),
+        ("known", "two_tier_known_ndcg_at_10"),
+        ("cold", "two_tier_cold_ndcg_at_10"),
+    ):
+        table.add_row(label, _metric(ours, key), _metric(theirs, key))
+    console.print(table)
+    swap = _move_champion(settings, project, challenger)
     answer = _recommend(settings, project, user, group="control")
-    console.print(f"user {user} (control group) is now served {_versions(answer)}")
+    console.print(f"user {user}, asked as group control, is now served {_versions(answer)}")
+    key = "two_tier_ndcg_at_10"
+    if key in ours and key in theirs and theirs[key] < ours[key]:
+        console.print(
+            f"The challenger's NDCG@10 ({theirs[key]:.4f}) is below the champion's "
+            f"({ours[key]:.4f}), so the demo does not keep it: the same request moves "
+            "champion back."
+        )
+        _move_champion(settings, project, str(swap["previous_version"]))
+    else:
+        console.print("The challenger is at least as good on the hold-out: it stays champion.")
 
 
 def run(settings: Settings, project: str, dataset: Path, limit: int) -> None:

@@ -65,7 +65,8 @@ def test_demo_finishes_with_recommendations_an_experiment_and_a_swap(
     out = demo_run.stdout
     assert demo_run.returncode == 0, out[-3000:] + demo_run.stderr[-3000:]
     assert "demo finished" in out
-    assert "offline hold-out metrics of the champion vs popularity" in out
+    assert "champion's hold-out NDCG@10" in out and "recent pop." in out
+    assert "known users, two tiers / recent popularity" in out
     assert "A/B experiment ranker_ab" in out
     assert "control" in out and "treatment" in out
     assert "@champion: v" in out  # the hot swap's answer
@@ -126,7 +127,7 @@ def test_mlflow_shows_both_tiers_with_their_alias_and_run(
     assert httpx.get(base).status_code == 200  # the UI itself loads
 
 
-def test_after_the_swap_champion_is_the_challenger_and_serving_uses_it(
+def test_after_the_swap_the_better_ranker_is_champion_and_serving_uses_it(
     demo_run: subprocess.CompletedProcess[str], settings: Settings
 ) -> None:
     name = model_name(PROJECT, "tier2", "ranker")
@@ -136,7 +137,22 @@ def test_after_the_swap_champion_is_the_challenger_and_serving_uses_it(
             f"{settings.mlflow.uri}/api/2.0/mlflow/registered-models/get", params={"name": name}
         ).json()["registered_model"]["aliases"]
     }
-    assert aliases["champion"] == aliases["challenger"]
+    ndcg = {}
+    for alias in ("champion", "challenger"):
+        run = httpx.get(
+            f"{settings.mlflow.uri}/api/2.0/mlflow/model-versions/get",
+            params={"name": name, "version": aliases[alias]},
+        ).json()["model_version"]["run_id"]
+        metrics = httpx.get(
+            f"{settings.mlflow.uri}/api/2.0/mlflow/runs/get", params={"run_id": run}
+        ).json()["run"]["data"]["metrics"]
+        ndcg[alias] = next(m["value"] for m in metrics if m["key"] == "two_tier_ndcg_at_10")
+    out = demo_run.stdout
+    if ndcg["challenger"] < ndcg["champion"]:  # the demo swapped, then swapped back
+        assert aliases["champion"] != aliases["challenger"]
+        assert "does not keep it" in out
+    else:
+        assert aliases["champion"] == aliases["challenger"] and "it stays champion" in out
     url = f"http://{settings.ray.host}:{settings.ray.serve_port}/v1/{PROJECT}/recommend"
     answer = httpx.post(url, json={"user_id": "1", "n": 5, "group": "control"}, timeout=60)
     assert answer.status_code == 200, answer.text

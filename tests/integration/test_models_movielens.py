@@ -99,10 +99,15 @@ def test_tier_one_onnx_returns_the_numpy_top_k(
     np.testing.assert_allclose(np.take_along_axis(native, indices, axis=1), scores, atol=1e-4)
     np.testing.assert_allclose(np.sort(native, axis=1)[:, ::-1][:, :K], scores, atol=1e-4)
 
-    # Unknown users (also -1) get the popularity row: the most viewed items first.
+    # Unknown users (also -1) get the popularity row: the items most viewed in the last
+    # fallback_window_days of training first.
     stranger, wrapped = session.run(np.array([session.fallback_index, -1]), k=5)[0]
     assert stranger.tolist() == wrapped.tolist()
-    counts = read_interactions(store, PROJECT, "view", until_ts=cutoff)["item_id"].value_counts()
+    views = read_interactions(store, PROJECT, "view", until_ts=cutoff)
+    window = TierOneParams().fallback_window_days
+    assert window is not None
+    recent = views[views["ts"] >= views["ts"].max() - int(window * 86_400_000)]
+    counts = recent["item_id"].value_counts()
     top = [session.item_ids[j] for j in stranger]
     assert {counts[i] for i in top} == set(counts.iloc[:5]) or counts[top[0]] == counts.iloc[0]
 
@@ -156,5 +161,13 @@ def test_two_tiers_beat_the_popularity_baseline(
     ndcg_gain = metrics["two_tier_ndcg_at_10"] - metrics["popularity_ndcg_at_10"]
     recall_gain = metrics[f"two_tier_recall_at_{K}"] - metrics[f"popularity_recall_at_{K}"]
     assert ndcg_gain > 0 or recall_gain > 0, metrics
+    assert metrics["eval_known_users"] + metrics["eval_cold_users"] == metrics["eval_users"]
+    for split in ("", "known_", "cold_"):
+        for baseline in ("popularity", "recent_popularity"):
+            key = f"two_tier_{split}ndcg_ratio_vs_{baseline}"
+            assert metrics[f"{key}_ci_low"] <= metrics[key] <= metrics[f"{key}_ci_high"], key
+    # Cold users get tier one's fallback (recent popularity), so tier one alone on them
+    # is close to the recent-popularity baseline of the same window.
+    assert metrics["tier_one_cold_ndcg_at_10"] > metrics["popularity_cold_ndcg_at_10"]
     # Re-ranking a candidate set never changes which items are in it.
     assert metrics[f"two_tier_recall_at_{K}"] == metrics[f"tier_one_recall_at_{K}"]

@@ -129,8 +129,12 @@ def test_whole_graph_registers_both_tiers_and_promotes_them(
     checks = _checks(first_run)
     assert checks["events_offline:events_ts_range"] == (True, "ERROR")
     assert checks["events_offline:events_known_actions"] == (True, "WARN")
-    for check in ("parity", "auc_floor", "beats_popularity"):
+    for check in ("parity", "auc_floor"):
         assert checks[f"tier2_ranker:{check}"] == (True, "ERROR"), checks
+    # 12,000 ratings leave a handful of known hold-out users: the gate says it cannot
+    # decide (a WARN, not a pass) and promotion goes on.
+    assert checks["tier2_ranker:beats_popularity"] == (False, "WARN"), checks
+    assert checks["tier2_ranker:recall_vs_popularity"][1] == "WARN"
     assert checks["tier1_candidates:parity"] == (True, "ERROR")
 
     tier1 = materialization_metadata(first_run, PROJECT, "tier1_candidates")
