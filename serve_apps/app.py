@@ -266,9 +266,10 @@ class Ingress:
         self._cap("exclude", len(body.exclude))
         chosen = self._route(project, features, body.user_id, body)
         ref, used = await self._tier_ref(project, "tier1", TIER_ONE_MODEL, chosen)
-        pairs = await self._call(
+        found = await self._call(
             self.tier_one, ref, "candidates", body.user_id, k, list(body.exclude)
         )
+        pairs = found["pairs"]
         return FirstTierResponse(
             project=project,
             user_id=body.user_id,
@@ -276,6 +277,7 @@ class Ingress:
             group=chosen.group,
             models=[used],
             candidates=[ItemScore(item_id=i, score=s) for i, s in pairs],
+            cold_user=found["cold"],
         )
 
     @api.post("/v1/{project}/second-tier-model", response_model=SecondTierResponse)
@@ -324,10 +326,10 @@ class Ingress:
             self._tier_ref(project, "tier1", TIER_ONE_MODEL, chosen),
             self._tier_ref(project, "tier2", model, chosen),
         )
-        pairs = await self._call(
+        found = await self._call(
             self.tier_one, ref1, "candidates", body.user_id, k, list(body.exclude)
         )
-        candidates = [item for item, _ in pairs]
+        candidates = [item for item, _ in found["pairs"]]
         ranked: dict[str, Any] = {"scores": [], "seen": [], "degraded": False}
         if candidates:
             ranked = await self._call(
@@ -367,6 +369,7 @@ class Ingress:
             candidates=len(candidates),
             seen_excluded=int(seen.sum()),
             features_degraded=ranked["degraded"],
+            cold_user=found["cold"],
         )
 
     @api.post("/v1/{project}/score", response_model=ScoreResponse)

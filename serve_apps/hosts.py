@@ -307,14 +307,20 @@ class ModelHost:
 
     # -- scoring ---------------------------------------------------------------
 
-    async def candidates(self, user_id: str, k: int, exclude: list[str]) -> list[tuple[str, float]]:
-        """Tier one: the ``k`` best items for ``user_id`` not in ``exclude``, best first."""
+    async def candidates(self, user_id: str, k: int, exclude: list[str]) -> dict[str, Any]:
+        """Tier one: the ``k`` best items for ``user_id`` not in ``exclude``, best first.
+
+        Returns:
+            ``{"pairs": [(item_id, score), ...], "cold": bool}``; ``cold``: the model never
+            saw the user, so the pairs are its fallback (recent popularity).
+        """
         model = await self._model()
         session = model.tier_one
         if session is None:
             raise ModelLoadError(f"{model.model_id} is not a tier-one model")
         skip = set(exclude)
-        indices, scores = session.run(session.user_indices([user_id]), k + len(skip))
+        index = session.user_indices([user_id])
+        indices, scores = session.run(index, k + len(skip))
         out: list[tuple[str, float]] = []
         for j, score in zip(indices[0].tolist(), scores[0].tolist(), strict=True):
             item = session.item_ids[j]
@@ -322,7 +328,7 @@ class ModelHost:
                 out.append((item, float(score)))
                 if len(out) == k:
                     break
-        return out
+        return {"pairs": out, "cold": int(index[0]) == session.fallback_index}
 
     async def rank(
         self, project: str, user_id: str, candidates: list[str], request: dict[str, float]

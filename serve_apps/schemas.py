@@ -122,8 +122,15 @@ class ItemScore(BaseModel):
     score: float
 
 
+_COLD = (
+    "Tier one never saw this user: the candidates are its declared fallback (popularity of "
+    "the last fallback_window_days before training ended)."
+)
+
+
 class FirstTierResponse(Served):
     candidates: list[ItemScore]
+    cold_user: bool = Field(description=_COLD)
 
 
 class SecondTierResponse(Served):
@@ -140,6 +147,7 @@ class RecommendResponse(Served):
     candidates: int = Field(description="Tier-one candidates before seen items were removed.")
     seen_excluded: int = Field(description="Candidates removed as already seen.")
     features_degraded: bool
+    cold_user: bool = Field(description=_COLD)
 
 
 class ScoreResponse(BaseModel):

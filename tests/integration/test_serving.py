@@ -252,6 +252,7 @@ def test_recommend_equals_both_tiers_computed_here(world: World, group: str) -> 
         assert [i["item_id"] for i in body["items"]] == [candidates[i] for i in order]
         np.testing.assert_allclose([i["score"] for i in body["items"]], scores[order], atol=1e-5)
         assert body["candidates"] == 30 and body["features_degraded"] is False
+        assert body["cold_user"] is False
 
 
 def test_first_and_second_tier_endpoints(world: World) -> None:
@@ -262,6 +263,14 @@ def test_first_and_second_tier_endpoints(world: World) -> None:
     candidates, scores = world.expected(MAIN, "champion", user, 12)
     assert items == candidates
     assert first.json()["models"][0]["name"] == model_name(MAIN, "tier1", "candidates")
+    assert first.json()["cold_user"] is False
+
+    # A user tier one never saw gets its fallback, and the answer says so.
+    stranger = _post(world, f"/v1/{MAIN}/recommend", {"user_id": "never-seen-user", "n": 3})
+    assert stranger.status_code == 200, stranger.text
+    assert stranger.json()["cold_user"] is True and len(stranger.json()["items"]) == 3
+    cold_first = _post(world, f"/v1/{MAIN}/first-tier-model", {"user_id": "never-seen-user"})
+    assert cold_first.json()["cold_user"] is True
 
     excluded = _post(
         world, f"/v1/{MAIN}/first-tier-model", {"user_id": user, "k": 12, "exclude": items[:4]}
