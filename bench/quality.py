@@ -36,11 +36,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from twotier.config import ClickHouseOfflineStoreConfig, load_settings
 from twotier.models.data import read_interactions
 from twotier.models.datasets import holdout_cutoff, read_tier_one_set, read_tier_two_set
-from twotier.models.evaluate import evaluate_two_tiers
+from twotier.models.evaluate import evaluate_two_tiers, items_by_user
 from twotier.models.metrics import PopularityBaseline, bootstrap_ratio, per_user_metrics
 from twotier.models.tier_one import TierOneParams, export_tier_one, train_tier_one
 from twotier.models.tier_two import TierTwoParams, train_tier_two_frame
@@ -65,10 +66,6 @@ TARGETS = {
 }
 
 
-def _by_user(frame: Any) -> dict[str, set[str]]:
-    return {str(u): set(i) for u, i in frame.groupby("user_id")["item_id"]}
-
-
 def choose_window(
     store: OfflineStore, cutoff: int, windows: list[float], fraction: float
 ) -> dict[str, Any]:
@@ -77,8 +74,8 @@ def choose_window(
     smiles = read_interactions(store, PROJECT, "smile", until_ts=cutoff)
     inner = holdout_cutoff(views["ts"], fraction)
     train = views[views["ts"] < inner]
-    seen = _by_user(train)
-    later = _by_user(smiles[smiles["ts"] >= inner])
+    seen = items_by_user(train)
+    later = items_by_user(smiles[smiles["ts"] >= inner])
     relevant = {u: items - seen.get(u, set()) for u, items in later.items()}
     users = sorted(u for u, items in relevant.items() if items)
     scores = {}
@@ -94,10 +91,15 @@ def choose_window(
 
 
 def one_cutoff(
-    store: OfflineStore, settings: Any, quantile: float, args: argparse.Namespace
+    store: OfflineStore,
+    settings: Any,
+    sets: tuple[pd.DataFrame, pd.DataFrame],
+    quantile: float,
+    args: argparse.Namespace,
 ) -> tuple[dict[str, Any], dict[str, dict[str, np.ndarray]]]:
+    """Train and evaluate at one cut-off; ``sets``: tier one's views, tier two's rows."""
     started = time.perf_counter()
-    views = read_tier_one_set(store, PROJECT)
+    views, rows = sets
     cutoff = holdout_cutoff(views["ts"], 1.0 - quantile)
     window = choose_window(store, cutoff, args.windows, args.validation_fraction)
     tier_one = train_tier_one(
@@ -106,7 +108,6 @@ def one_cutoff(
     )
     graph = export_tier_one(tier_one)
     spec = settings.project_features(PROJECT).model_spec("ranker")
-    rows = read_tier_two_set(store, PROJECT, spec)
     trained = train_tier_two_frame(rows, spec, cutoff, TierTwoParams())
     train_s = time.perf_counter() - started
     per_user: dict[str, dict[str, np.ndarray]] = {}
@@ -174,8 +175,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         print(f"features and training sets in {time.perf_counter() - started:.1f} s", flush=True)
         cutoffs, per_user = [], []
         with open_offline_store(settings) as store:
+            spec = settings.project_features(PROJECT).model_spec("ranker")
+            sets = (read_tier_one_set(store, PROJECT), read_tier_two_set(store, PROJECT, spec))
             for q in args.quantiles:
-                result, users = one_cutoff(store, settings, q, args)
+                result, users = one_cutoff(store, settings, sets, q, args)
                 cutoffs.append(result)
                 per_user.append(users)
                 m = result["metrics"]

@@ -10,7 +10,9 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
+
+import dagster as dg
 
 Gate = tuple[bool, float, str]
 
@@ -139,6 +141,19 @@ def recall_gate(metrics: Mapping[str, float], k: int) -> Gate:
         passed,
         model - base,
         f"Recall@{k} {model:.4f} vs popularity {base:.4f} ({model - base:+.4f})",
+    )
+
+
+def gate_check(
+    check: str, gate: Gate, severity: dg.AssetCheckSeverity, metadata: Mapping[str, Any]
+) -> dg.AssetCheckResult:
+    """The asset check result of ``gate``: passed and description from it."""
+    return dg.AssetCheckResult(
+        check_name=check,
+        passed=gate[0],
+        severity=severity,
+        description=gate[2],
+        metadata=dict(metadata),
     )
 
 

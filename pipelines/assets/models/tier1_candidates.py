@@ -24,7 +24,7 @@ from twotier.pipelines.assets.keys import (
     asset_key,
     group_name,
 )
-from twotier.pipelines.assets.models.gates import beats_popularity_gate, parity_gate
+from twotier.pipelines.assets.models.gates import beats_popularity_gate, gate_check, parity_gate
 from twotier.pipelines.assets.models.run_logging import Stopwatch, flat_params, log_figures
 from twotier.pipelines.assets.outputs import RegisteredModel
 from twotier.pipelines.assets.partitions import SINGLE_RUN
@@ -192,19 +192,14 @@ def make_tier_one_model(project: str) -> dg.AssetsDefinition:
                 **{k: float(v) for k, v in metrics.items()},
             },
         )
-        yield dg.AssetCheckResult(
-            check_name=PARITY_CHECK,
-            passed=parity[0],
-            severity=dg.AssetCheckSeverity.ERROR,
-            description=parity[2],
-            metadata={"max_abs_diff": parity[1], "tolerance": config.parity_tolerance},
+        yield gate_check(
+            PARITY_CHECK,
+            parity,
+            dg.AssetCheckSeverity.ERROR,
+            {"max_abs_diff": parity[1], "tolerance": config.parity_tolerance},
         )
-        yield dg.AssetCheckResult(
-            check_name=POPULARITY_CHECK,
-            passed=popular[0],
-            severity=dg.AssetCheckSeverity.WARN,
-            description=popular[2],
-            metadata={"best_gain": popular[1]},
+        yield gate_check(
+            POPULARITY_CHECK, popular, dg.AssetCheckSeverity.WARN, {"best_gain": popular[1]}
         )
 
     return tier1_candidates

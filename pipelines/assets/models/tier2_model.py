@@ -24,6 +24,7 @@ from twotier.pipelines.assets.keys import (
 )
 from twotier.pipelines.assets.models.gates import (
     auc_gate,
+    gate_check,
     known_users_gate,
     parity_gate,
     recall_gate,
@@ -258,13 +259,7 @@ def make_tier_two_model(project: str, features: ProjectFeatures, model: str) -> 
             (PARITY_CHECK, parity, {"tolerance": config.parity_tolerance}),
             (AUC_CHECK, floor, {"floor": config.auc_floor}),
         ):
-            yield dg.AssetCheckResult(
-                check_name=check,
-                passed=gate[0],
-                severity=dg.AssetCheckSeverity.ERROR,
-                description=gate[2],
-                metadata={"value": gate[1], **extra},
-            )
+            yield gate_check(check, gate, dg.AssetCheckSeverity.ERROR, {"value": gate[1], **extra})
         yield dg.AssetCheckResult(
             check_name=POPULARITY_CHECK,
             passed=popular.verdict == "pass",
@@ -280,12 +275,6 @@ def make_tier_two_model(project: str, features: ProjectFeatures, model: str) -> 
                 "min_gain": config.min_gain_over_popularity,
             },
         )
-        yield dg.AssetCheckResult(
-            check_name=RECALL_CHECK,
-            passed=recall[0],
-            severity=dg.AssetCheckSeverity.WARN,
-            description=recall[2],
-            metadata={"value": recall[1]},
-        )
+        yield gate_check(RECALL_CHECK, recall, dg.AssetCheckSeverity.WARN, {"value": recall[1]})
 
     return tier2_model

@@ -48,7 +48,8 @@ class EvaluationError(TwotierError, ValueError):
     """The hold-out cannot be evaluated as asked; the message names the fix."""
 
 
-def _by_user(frame: pd.DataFrame) -> dict[str, set[str]]:
+def items_by_user(frame: pd.DataFrame) -> dict[str, set[str]]:
+    """User id -> the set of item ids of ``frame`` (``user_id``, ``item_id``)."""
     return {str(u): set(items) for u, items in frame.groupby("user_id")["item_id"]}
 
 
@@ -65,8 +66,6 @@ def _recent(train: pd.DataFrame, cutoff_ts: int, days: float) -> PopularityBasel
         return PopularityBaseline.fit(train["item_id"])
 
 
-SYSTEMS = ("two_tier", "tier_one", "popularity", "recent_popularity")
-"""What the hold-out report compares: both tiers, tier one alone and the two baselines."""
 BASELINES = ("popularity", "recent_popularity")
 SPLITS = {"": "all", "known_": "known", "cold_": "cold"}
 """Metric-name infix → users: all of them, those tier one was trained on, the others."""
@@ -132,8 +131,8 @@ def evaluate_two_tiers(
             f"hold-out {relevant_action!r} events in project {project!r}: pick a cut-off "
             "inside the events' time range"
         )
-    seen = _by_user(train)
-    relevant = {u: items - seen.get(u, set()) for u, items in _by_user(holdout).items()}
+    seen = items_by_user(train)
+    relevant = {u: items - seen.get(u, set()) for u, items in items_by_user(holdout).items()}
     relevant = {u: items for u, items in relevant.items() if items}
     users = sorted(relevant)
     if max_users is not None and len(users) > max_users:
@@ -257,8 +256,8 @@ def evaluate_tier_one(
             f"{len(train)} training and {len(holdout)} hold-out interactions: tier one needs "
             "both sides of the time split"
         )
-    seen = _by_user(train)
-    relevant = {u: items - seen.get(u, set()) for u, items in _by_user(holdout).items()}
+    seen = items_by_user(train)
+    relevant = {u: items - seen.get(u, set()) for u, items in items_by_user(holdout).items()}
     users = sorted(u for u, items in relevant.items() if items)
     if max_users is not None and len(users) > max_users:
         picked = np.random.default_rng(seed).choice(len(users), max_users, replace=False)
@@ -281,4 +280,4 @@ def evaluate_tier_one(
     return metrics, curves
 
 
-__all__ = ["EvaluationError", "evaluate_tier_one", "evaluate_two_tiers"]
+__all__ = ["EvaluationError", "evaluate_tier_one", "evaluate_two_tiers", "items_by_user"]
