@@ -8,8 +8,10 @@ default):
 1. chooses the recent-popularity window on a validation split *inside* the training
    period (the last ``--validation-fraction`` of the training views): the window of
    ``--windows`` whose recent popularity has the best NDCG@10 there;
-2. trains tier one (ALS, cold fallback = recent popularity of that window) and tier two
-   (XGBoost) on the views before the cut-off, with the platform's own functions;
+2. trains tier one (ALS, cold fallback = recent popularity of that window) on the views
+   before the cut-off, and tier two (XGBoost) on tier one's candidates at label cuts
+   inside the training period (``twotier.models.candidates``), with the platform's own
+   functions;
 3. evaluates on every hold-out user (``evaluate_two_tiers``): NDCG@10 and Recall@100 of
    the two tiers, tier one, all-time and recent popularity, split into known and cold
    users, with 95% paired bootstrap intervals.
@@ -39,9 +41,10 @@ import numpy as np
 import pandas as pd
 
 from twotier.config import ClickHouseOfflineStoreConfig, load_settings
-from twotier.models.data import read_interactions
-from twotier.models.datasets import holdout_cutoff, read_tier_one_set, read_tier_two_set
-from twotier.models.evaluate import evaluate_two_tiers, items_by_user
+from twotier.models.candidates import candidate_training_set, label_cuts
+from twotier.models.data import items_by_user, read_interactions
+from twotier.models.datasets import holdout_cutoff, read_tier_one_set
+from twotier.models.evaluate import evaluate_two_tiers
 from twotier.models.metrics import PopularityBaseline, bootstrap_ratio, per_user_metrics
 from twotier.models.tier_one import TierOneParams, export_tier_one, train_tier_one
 from twotier.models.tier_two import TierTwoParams, train_tier_two_frame
@@ -54,7 +57,8 @@ REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results" / "quality.json"
 DATASET = REPO.parent / "shared" / "datasets" / "movielens-small"
 PROJECT = "movielens"
-DATA_ASSETS = ["feature_snapshots", "training_set_tier1", "training_set_tier2_ranker"]
+DATA_ASSETS = ["feature_snapshots", "training_set_tier1"]
+LABEL_CUTS = [0.7, 0.8, 0.9]
 FIRST, LAST = "1996-03-01", "2018-09-01"
 NDCG_K, K = 10, 100
 TARGETS = {
@@ -93,22 +97,23 @@ def choose_window(
 def one_cutoff(
     store: OfflineStore,
     settings: Any,
-    sets: tuple[pd.DataFrame, pd.DataFrame],
+    views: pd.DataFrame,
     quantile: float,
     args: argparse.Namespace,
 ) -> tuple[dict[str, Any], dict[str, dict[str, np.ndarray]]]:
-    """Train and evaluate at one cut-off; ``sets``: tier one's views, tier two's rows."""
+    """Train and evaluate at one cut-off on tier one's stored views."""
     started = time.perf_counter()
-    views, rows = sets
     cutoff = holdout_cutoff(views["ts"], 1.0 - quantile)
     window = choose_window(store, cutoff, args.windows, args.validation_fraction)
-    tier_one = train_tier_one(
-        views[views["ts"] < cutoff],
-        TierOneParams(fallback_window_days=window["days"]),
-    )
-    graph = export_tier_one(tier_one)
+    before = views[views["ts"] < cutoff]
+    tier_one_params = TierOneParams(fallback_window_days=window["days"])
+    graph = export_tier_one(train_tier_one(before, tier_one_params))
     spec = settings.project_features(PROJECT).model_spec("ranker")
-    trained = train_tier_two_frame(rows, spec, cutoff, TierTwoParams())
+    cuts = label_cuts(before["ts"], LABEL_CUTS)
+    rows = candidate_training_set(
+        store, settings, PROJECT, spec, before, cuts, cutoff, tier_one_params
+    )
+    trained = train_tier_two_frame(rows, spec, cuts[-1], TierTwoParams())
     train_s = time.perf_counter() - started
     per_user: dict[str, dict[str, np.ndarray]] = {}
     metrics = evaluate_two_tiers(
@@ -129,6 +134,7 @@ def one_cutoff(
             "cutoff_ts": cutoff,
             "recent_window": window,
             "tier_two_auc": round(trained.metrics["auc"], 4),
+            "tier_two_rows": len(rows),
             "seconds_train": round(train_s, 2),
             "seconds_total": round(time.perf_counter() - started, 2),
             "metrics": {k: round(v, 4) for k, v in sorted(metrics.items())},
@@ -175,10 +181,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         print(f"features and training sets in {time.perf_counter() - started:.1f} s", flush=True)
         cutoffs, per_user = [], []
         with open_offline_store(settings) as store:
-            spec = settings.project_features(PROJECT).model_spec("ranker")
-            sets = (read_tier_one_set(store, PROJECT), read_tier_two_set(store, PROJECT, spec))
+            views = read_tier_one_set(store, PROJECT)
             for q in args.quantiles:
-                result, users = one_cutoff(store, settings, sets, q, args)
+                result, users = one_cutoff(store, settings, views, q, args)
                 cutoffs.append(result)
                 per_user.append(users)
                 m = result["metrics"]
@@ -211,7 +216,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "bootstrap": "paired, 2000 resamples of (user, cut-off) pairs; [ratio, low, high]",
             "models": "tier one ALS 16 factors x 8 iterations (TierOneParams defaults, cold "
             "fallback = recent popularity); tier two XGBoost TierTwoParams defaults on the "
-            "MovieLens ranker spec; served order = tier two's",
+            "MovieLens ranker spec, trained on tier one's candidates (200 ALS + 100 recent "
+            f"popularity) at label cuts {LABEL_CUTS} of the training views, each from a tier "
+            "one trained before its cut, the last cut held out; served order = tier two's",
         },
         "headline": {
             "ratios": {

@@ -32,7 +32,7 @@ from twotier.feature_jobs.offsets import (
     topic_offsets,
     write_start_offsets,
 )
-from twotier.features.offline import entity_sql
+from twotier.features.offline import counter_amount_sql, entity_sql
 from twotier.features.spec import CounterFeature, FeatureGroup, LastSeenFeature
 from twotier.naming import events_topic, online_collection
 from twotier.offline_store import OfflineStore, open_offline_store
@@ -127,10 +127,10 @@ def totals_select(
         for name, condition in parts:
             if isinstance(f, LastSeenFeature):
                 kind, value = "max", f"maxIf(ts, {condition})"
-            elif f.agg == "count":
+            elif f.agg == "count" and f.half_life_days is None:
                 kind, value = "count", f"countIf({condition})"
             else:
-                kind, value = "sum", f"sumIf(value, {condition})"
+                kind, value = "sum", f"sumIf({counter_amount_sql(f, bind)}, {condition})"
             columns.append(f"{value} AS `{name}`, countIf({condition}) AS `_n_{name}`")
             fields.append((name, kind))
     where = f"action IN {bind(sorted(set(actions)), 'Array(String)')}"

@@ -33,7 +33,7 @@ from ray.serve.handle import DeploymentHandle
 
 from twotier.config import ConfigError, Settings
 from twotier.events import Event
-from twotier.features.spec import ProjectFeatures
+from twotier.features.spec import TIER_ONE_RANK, TIER_ONE_SCORE, ProjectFeatures
 from twotier.naming import check_project, model_name
 from twotier.registry import ModelNotFound, ModelVersionRef
 from twotier.serve_apps.alias_directory import RegistryUnavailable
@@ -326,10 +326,17 @@ class Ingress:
             self._tier_ref(project, "tier1", TIER_ONE_MODEL, chosen),
             self._tier_ref(project, "tier2", model, chosen),
         )
+        # The ranker's declared mix: tier one's k best, then recent popularity.
+        popular = features.model_spec(model).model.candidates.popular
+        self._cap("k", k + popular)
         found = await self._call(
-            self.tier_one, ref1, "candidates", body.user_id, k, list(body.exclude)
+            self.tier_one, ref1, "candidates", body.user_id, k, list(body.exclude), popular
         )
         candidates = [item for item, _ in found["pairs"]]
+        per_candidate = {
+            TIER_ONE_SCORE: [score for _, score in found["pairs"]],
+            TIER_ONE_RANK: found["ranks"],
+        }
         ranked: dict[str, Any] = {"scores": [], "seen": [], "degraded": False}
         if candidates:
             ranked = await self._call(
@@ -340,6 +347,7 @@ class Ingress:
                 body.user_id,
                 candidates,
                 dict(body.request_features),
+                per_candidate,
             )
         scores = np.asarray(ranked["scores"], dtype=np.float64)
         seen = np.asarray(ranked["seen"], dtype=bool)

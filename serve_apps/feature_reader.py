@@ -25,6 +25,7 @@ import numpy as np
 from twotier.features.online import (
     Doc,
     OnlineFeatures,
+    RequestValue,
     assemble_matrix,
     check_matrix_request,
     read_ids,
@@ -130,7 +131,7 @@ class FeatureReader:
         project: str,
         user_id: str,
         candidates: Sequence[str],
-        request: Mapping[str, float] | None = None,
+        request: Mapping[str, RequestValue] | None = None,
         now_ms: float | None = None,
     ) -> FeatureRead:
         """The model's feature matrix for one user and its candidates, and how it was read.
@@ -213,7 +214,7 @@ class FeatureReader:
         self,
         spec: ModelFeatureSpec,
         n_rows: int,
-        request: Mapping[str, float] | None,
+        request: Mapping[str, RequestValue] | None,
         now_ms: float | None,
     ) -> FeatureRead:
         matrix = assemble_matrix(spec, [[None] for _ in spec.groups], n_rows, request, now_ms)
@@ -238,7 +239,7 @@ def seen_mask(spec: ModelFeatureSpec, matrix: np.ndarray) -> np.ndarray:
         width = len(group.columns())
         if group.entity == "user_item":
             offset = col
-            for f in group.features:
+            for f in group.column_features():
                 names = (
                     [f"{f.name}__{v}" for v in f.values]
                     if isinstance(f, CounterFeature) and f.by

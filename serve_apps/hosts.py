@@ -23,6 +23,8 @@ from ray.serve.handle import DeploymentHandle
 
 import twotier.registry as registry
 from twotier.config import Settings, load_settings
+from twotier.features.spec import CandidateSpec
+from twotier.models.candidates import tier_one_candidates
 from twotier.registry import ModelNotFound, ModelVersionRef
 from twotier.serve_apps.alias_directory import AliasDirectory, RegistryUnavailable, is_not_found
 from twotier.serve_apps.feature_reader import FeatureRead, FeatureReader, seen_mask
@@ -307,31 +309,42 @@ class ModelHost:
 
     # -- scoring ---------------------------------------------------------------
 
-    async def candidates(self, user_id: str, k: int, exclude: list[str]) -> dict[str, Any]:
+    async def candidates(
+        self, user_id: str, k: int, exclude: list[str], popular: int = 0
+    ) -> dict[str, Any]:
         """Tier one: the ``k`` best items for ``user_id`` not in ``exclude``, best first.
 
+        Args:
+            user_id: The user.
+            k: Tier one's items.
+            exclude: Items never to return (seen).
+            popular: Then up to this many of the fallback row's (recent popularity) not
+                already there (``twotier.models.candidates.merge_candidates``).
+
         Returns:
-            ``{"pairs": [(item_id, score), ...], "cold": bool}``; ``cold``: the model never
-            saw the user, so the pairs are its fallback (recent popularity).
+            ``{"pairs": [(item_id, score), ...], "ranks": [...], "cold": bool}``; ``ranks``:
+            tier one's rank of each (``k`` for an item added for its popularity);
+            ``cold``: the model never saw the user, so tier one's items are its fallback.
         """
         model = await self._model()
         session = model.tier_one
         if session is None:
             raise ModelLoadError(f"{model.model_id} is not a tier-one model")
-        skip = set(exclude)
-        index = session.user_indices([user_id])
-        indices, scores = session.run(index, k + len(skip))
-        out: list[tuple[str, float]] = []
-        for j, score in zip(indices[0].tolist(), scores[0].tolist(), strict=True):
-            item = session.item_ids[j]
-            if item not in skip:
-                out.append((item, float(score)))
-                if len(out) == k:
-                    break
-        return {"pairs": out, "cold": int(index[0]) == session.fallback_index}
+        mix = CandidateSpec(tier_one=k, popular=popular)
+        found = tier_one_candidates(session, [user_id], mix, {user_id: set(exclude)})[user_id]
+        return {
+            "pairs": list(zip(found.items, found.scores.tolist(), strict=True)),
+            "ranks": found.ranks.tolist(),
+            "cold": found.cold,
+        }
 
     async def rank(
-        self, project: str, user_id: str, candidates: list[str], request: dict[str, float]
+        self,
+        project: str,
+        user_id: str,
+        candidates: list[str],
+        request: dict[str, float],
+        per_candidate: dict[str, list[float]] | None = None,
     ) -> dict[str, Any]:
         """Tier two: online features of ``candidates`` (cached), then the ranker's scores.
 
@@ -352,8 +365,12 @@ class ModelHost:
                 "raw rows with POST /v1/{project}/score)"
             )
         reader = self.reader
+        # Tier one's score and rank of each candidate, for rankers that read them.
+        wanted = model.spec.model.candidate_features()
+        values: dict[str, Any] = dict(request)
+        values |= {n: v for n, v in (per_candidate or {}).items() if n in wanted}
         read = await asyncio.to_thread(
-            reader.matrix, model.spec, project, user_id, candidates, request
+            reader.matrix, model.spec, project, user_id, candidates, values
         )
         if self._feature_metrics is not None:
             self._feature_metrics.record(read, len(reader.cache))

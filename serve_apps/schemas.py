@@ -45,8 +45,10 @@ class SecondTierRequest(Overrides):
     user_id: str = ID
     candidates: list[str] = Field(min_length=1, description="Item ids to score.")
     model: str | None = Field(None, pattern=_NAME, description="Tier-two model (default: first).")
-    request_features: dict[str, float] = Field(
-        default_factory=dict, description="Request-time features by name (others: defaults)."
+    request_features: dict[str, float | list[float]] = Field(
+        default_factory=dict,
+        description="Request-time features by name (others: defaults): one number for every "
+        "candidate, or a list with one per candidate (e.g. tier1_score and tier1_rank).",
     )
     context: dict[str, str] = Field(default_factory=dict)
 
@@ -56,7 +58,12 @@ class RecommendRequest(Overrides):
 
     user_id: str = ID
     n: int = Field(10, ge=1, le=1000, description="Items in the answer.")
-    k: int | None = Field(None, ge=1, description="Tier-one candidates (default_k).")
+    k: int | None = Field(
+        None,
+        ge=1,
+        description="Tier-one candidates (default_k); the ranker's declared popular ones "
+        "(candidates.popular) come on top.",
+    )
     model: str | None = Field(None, pattern=_NAME, description="Tier-two model (default: first).")
     exclude: list[str] = Field(default_factory=list, description="Item ids the caller knows seen.")
     request_features: dict[str, float] = Field(default_factory=dict)

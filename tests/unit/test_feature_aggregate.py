@@ -9,7 +9,7 @@ import pytest
 from twotier.events import Event
 from twotier.features.aggregate import GroupUpdates, aggregate, entity_id
 from twotier.features.builtin import builtin_projects
-from twotier.features.spec import FeatureGroup
+from twotier.features.spec import CounterFeature, FeatureGroup
 
 MEMES = builtin_projects()["memes"]
 MOVIELENS = builtin_projects()["movielens"]
@@ -47,10 +47,20 @@ def test_counters_sums_and_last_seen_per_item() -> None:
         _event(2, "u1", "i1", "view", 5.0),  # out of order: the max still wins
     ]
     updates = aggregate(group, events)
+    decayed = {
+        f"views_decayed_{d}": updates.increments["i1"].pop(f"views_decayed_{d}")
+        for d in ("30d", "365d")
+    }
     assert updates.increments == {
         "i1": {"views": 3, "rating_sum": 11.5, "smiles": 1},
         "i2": {"dislikes": 1},
     }
+    # Decayed views: each adds 2 ** ((ts - reference) / half-life), reference 2000-01-01.
+    f = group.features[[g.name for g in group.features].index("views_decayed_30d")]
+    assert isinstance(f, CounterFeature)
+    assert decayed["views_decayed_30d"] == pytest.approx(
+        sum(f.decay_weight(t) for t in (1000, 5000, 2000))
+    )
     assert updates.maxima == {"i1": {"last_view_ts": 5000.0}}
     assert isinstance(updates.increments["i1"]["views"], int)
     assert updates.entity_ids() == ["i1", "i2"]
@@ -114,7 +124,9 @@ def test_mappings_work_like_events() -> None:
 
 
 def test_merge_equals_aggregating_all_events_at_once() -> None:
-    group = MOVIELENS.group("item_stats")
+    stats = MOVIELENS.group("item_stats")
+    plain = tuple(f for f in stats.features if not getattr(f, "half_life_days", None))
+    group = stats.model_copy(update={"features": plain})
     first = [_event(1, "u1", "i1", "view", 4.0), _event(9, "u1", "i1", "view", 1.0)]
     second = [_event(3, "u2", "i1", "view", 2.0), _event(4, "u2", "i2", "smile")]
     merged = GroupUpdates().merge(aggregate(group, first)).merge(aggregate(group, second))

@@ -18,7 +18,7 @@ import pytest
 from twotier.config import load_settings
 from twotier.features.builtin import builtin_projects
 from twotier.features.online import Doc, OnlineFeatures, assemble_matrix, check_matrix_request
-from twotier.features.spec import ModelFeatureSpec
+from twotier.features.spec import ModelFeatures, ModelFeatureSpec
 from twotier.naming import online_collection
 from twotier.online_store import (
     ApplyResult,
@@ -36,7 +36,12 @@ from twotier.serve_apps.feature_reader import (
     seen_mask,
 )
 
-MOVIELENS = builtin_projects()["movielens"].model_spec("ranker")
+_ML = builtin_projects()["movielens"]
+# The user and item groups of MovieLens alone (no user x item group, no request features).
+MOVIELENS = ModelFeatureSpec(
+    model=ModelFeatures(name="ranker", feature_groups=("user_stats", "item_stats")),
+    groups=(_ML.group("user_stats"), _ML.group("item_stats")),
+)
 MEMES = builtin_projects()["memes"].model_spec("ranker")
 NOW_MS = 1_700_000_000_000
 PROJECT = "p"

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from twotier.features.builtin import builtin_projects
-from twotier.features.online import assemble_matrix, read_ids
+from twotier.features.online import RequestValue, assemble_matrix, read_ids
 from twotier.features.spec import ModelFeatureSpec
 
 MOVIELENS = builtin_projects()["movielens"]
@@ -22,24 +22,51 @@ def test_movielens_ranker_layout_broadcast_and_defaults() -> None:
     spec = MOVIELENS.model_spec("ranker")
     user = {"views": 10, "smiles": 4, "dislikes": 1, "rating_sum": 38.0, "last_view_ts": NOW - 5000}
     items = [{"views": 3, "smiles": 3, "rating_sum": 15.0, "last_view_ts": NOW - 60_000}, None]
-    x = assemble_matrix(spec, [[user], items], n_rows=2, now_ms=NOW)
+    pairs = [{"views": 1}, None]
+    request: dict[str, RequestValue] = {
+        "tier1_score": [0.9, 0.1],
+        "tier1_rank": [0.0, 200.0],
+        "popular_rank": 300.0,
+    }
+    x = assemble_matrix(spec, [[user], items, pairs], 2, request, now_ms=NOW)
 
     assert x.dtype == np.float32
-    assert x.shape == (2, len(spec.columns())) == (2, 16)
-    user_row = [10, 4, 1, 38.0, NOW - 5000, (4 + 0.3 * 5) / 15, 5.0, (38 + 3.5 * 5) / 15]
-    item_known = [3, 3, 0, 15.0, NOW - 60_000, (3 + 1.5) / 8, 60.0, (15 + 17.5) / 8]
+    assert x.shape == (2, len(spec.columns())) == (2, 18)
+    # rating_sum and last_view_ts are stored for mean_rating and recency, not columns.
+    user_row = [10, 4, 1, (4 + 0.3 * 5) / 15, 5.0, (38 + 3.5 * 5) / 15]
+    item_known = [3, 3, 0, 0.0, 0.0, (3 + 1.5) / 8, 60.0, (15 + 17.5) / 8]
     # An unknown item: counters 0, the rate priors, recency default (never viewed).
     item_unknown = [0, 0, 0, 0.0, 0.0, 0.3, 1e9, 3.5]
-    expected = np.array([user_row + item_known, user_row + item_unknown], dtype=np.float32)
+    expected = np.array(
+        [user_row + item_known + [1, 0.9, 0, 300], user_row + item_unknown + [0, 0.1, 200, 300]],
+        dtype=np.float32,
+    )
     np.testing.assert_allclose(x, expected, rtol=1e-6)
     assert spec.columns()[:2] == ["user_stats.views", "user_stats.smiles"]
-    assert spec.columns()[8] == "item_stats.views"
+    assert spec.columns()[6] == "item_stats.views"
+    assert spec.columns()[-3:] == [
+        "request.tier1_score",
+        "request.tier1_rank",
+        "request.popular_rank",
+    ]
+
+
+def test_a_per_candidate_request_feature_needs_one_value_per_row() -> None:
+    spec = MOVIELENS.model_spec("ranker")
+    docs = [[None], [None, None], [None, None]]
+    with pytest.raises(ValueError, match="'tier1_rank': got 3 values for 2 candidates"):
+        assemble_matrix(spec, docs, 2, {"tier1_rank": [0, 1, 2]}, now_ms=NOW)
+    with pytest.raises(ValueError, match=r"'tier1_rank'.*not a number"):
+        assemble_matrix(spec, docs, 2, {"tier1_rank": ["a", "b"]}, now_ms=NOW)  # type: ignore[list-item]
+    defaults = assemble_matrix(spec, docs, 2, now_ms=NOW)
+    assert defaults[:, _col(spec, "request.tier1_rank")].tolist() == [200, 200]
 
 
 def test_unknown_user_gets_defaults_in_every_row() -> None:
     spec = MOVIELENS.model_spec("ranker")
-    x = assemble_matrix(spec, [[None], [{"views": 2}, {"views": 7}, None]], n_rows=3, now_ms=NOW)
-    assert x.shape == (3, 16)
+    items = [{"views": 2}, {"views": 7}, None]
+    x = assemble_matrix(spec, [[None], items, [None] * 3], n_rows=3, now_ms=NOW)
+    assert x.shape == (3, 18)
     np.testing.assert_array_equal(x[:, _col(spec, "user_stats.views")], [0, 0, 0])
     np.testing.assert_allclose(x[:, _col(spec, "user_stats.smile_rate")], [0.3] * 3)
     np.testing.assert_array_equal(x[:, _col(spec, "item_stats.views")], [2, 7, 0])
@@ -74,14 +101,14 @@ def test_recency_uses_the_current_time_by_default() -> None:
     import time
 
     last = time.time() * 1000 - 10_000
-    x = assemble_matrix(spec, [[{"last_view_ts": last}], [None]], 1)
+    x = assemble_matrix(spec, [[{"last_view_ts": last}], [None], [None]], 1)
     assert 9.0 < x[0, _col(spec, "user_stats.since_last_view_s")] < 60.0
 
 
 def test_no_candidates_gives_an_empty_matrix_of_the_right_width() -> None:
     spec = MOVIELENS.model_spec("ranker")
-    x = assemble_matrix(spec, [[None], []], 0, now_ms=NOW)
-    assert x.shape == (0, 16)
+    x = assemble_matrix(spec, [[None], [], []], 0, now_ms=NOW)
+    assert x.shape == (0, 18)
 
 
 def test_unknown_request_feature_is_named() -> None:
@@ -93,8 +120,8 @@ def test_unknown_request_feature_is_named() -> None:
 def test_wrong_number_of_documents_is_named() -> None:
     spec = MOVIELENS.model_spec("ranker")
     with pytest.raises(ValueError, match="'item_stats': got 2 documents for 3 rows"):
-        assemble_matrix(spec, [[None], [None, None]], 3, now_ms=NOW)
-    with pytest.raises(ValueError, match="reads 2 feature groups"):
+        assemble_matrix(spec, [[None], [None, None], [None] * 3], 3, now_ms=NOW)
+    with pytest.raises(ValueError, match="reads 3 feature groups"):
         assemble_matrix(spec, [[None]], 1, now_ms=NOW)
 
 

@@ -2,16 +2,19 @@
 
 # No `from __future__ import annotations`: Dagster reads the annotations.
 from collections.abc import Iterator
+from typing import Literal
 
 import dagster as dg
 import numpy as np
 from pydantic import Field
 
 from twotier.features.spec import ProjectFeatures
-from twotier.models.datasets import read_tier_two_set
+from twotier.models.candidates import candidate_training_set, label_cuts
+from twotier.models.datasets import read_tier_one_set, read_tier_two_set
 from twotier.models.evaluate import evaluate_two_tiers
 from twotier.models.parity import PARITY_TOLERANCE
 from twotier.models.plots import auc_by_round, feature_importance_figure, metric_curves_figure
+from twotier.models.tier_one import TierOneParams
 from twotier.models.tier_two import TierTwoParams, train_tier_two_frame
 from twotier.naming import model_name
 from twotier.pipelines.assets.keys import (
@@ -74,12 +77,25 @@ class TierTwoConfig(dg.Config):
     eval_k: int = Field(100, ge=1, description="Tier-one candidates per hold-out user.")
     ndcg_k: int = Field(10, ge=1)
     eval_max_users: int | None = Field(1000, ge=1, description="Hold-out users evaluated.")
+    training_rows: Literal["candidates", "views"] = Field(
+        "candidates",
+        description="candidates: rows are tier one's candidates at label cuts inside the "
+        "training period, labelled by later smiles (twotier.models.candidates); views: the "
+        "stored point-in-time rows of every view, labelled smile-or-not.",
+    )
+    label_cut_quantiles: list[float] = Field(
+        [0.7, 0.8, 0.9],
+        min_length=2,
+        description="Label cuts as quantiles of the training views' times; the last cut's "
+        "rows are the hold-out for AUC and parity (candidates rows only).",
+    )
 
 
 def make_tier_two_model(project: str, features: ProjectFeatures, model: str) -> dg.AssetsDefinition:
     """The ``tier2_<model>`` asset: a new version of ``<project>.tier2.<model>``.
 
-    Trains XGBoost on the stored point-in-time rows before tier one's cut-off, converts it
+    Trains XGBoost on tier one's candidates at label cuts before tier one's cut-off
+    (``twotier.models.candidates``; or on the stored rows of every view), converts it
     with onnxmltools and refuses to register it when ONNX and XGBoost disagree beyond the
     tolerance. Both tiers together are then evaluated on the hold-out against popularity
     (``evaluate_two_tiers``); params, metrics, plots and the model-features spec go to one
@@ -148,10 +164,30 @@ def make_tier_two_model(project: str, features: ProjectFeatures, model: str) -> 
         )
         watch = Stopwatch()
         with offline_store.open() as store:
-            rows = read_tier_two_set(store, project, spec)
+            if config.training_rows == "views":
+                rows = read_tier_two_set(store, project, spec)
+                split = cutoff
+            else:
+                views = read_tier_one_set(store, project)
+                views = views[views["ts"] < cutoff]
+                cuts = label_cuts(views["ts"], config.label_cut_quantiles)
+                rows = candidate_training_set(
+                    store,
+                    settings,
+                    project,
+                    spec,
+                    views,
+                    cuts,
+                    end_ts=cutoff,
+                    tier_one_params=TierOneParams(
+                        fallback_window_days=config.recent_popularity_days
+                    ),
+                    progress=context.log.info,
+                )
+                split = cuts[-1]
             watch.lap("read")
             # Raises TierTwoError / ParityError before anything is registered.
-            trained = train_tier_two_frame(rows, spec, cutoff, params, config.parity_tolerance)
+            trained = train_tier_two_frame(rows, spec, split, params, config.parity_tolerance)
             watch.lap("train_export_onnx_parity")
             evaluation = evaluate_two_tiers(
                 store,
@@ -167,7 +203,7 @@ def make_tier_two_model(project: str, features: ProjectFeatures, model: str) -> 
                 recent_days=config.recent_popularity_days,
             )
         watch.lap("evaluate_two_tiers")
-        holdout = rows[rows["ts"] >= cutoff]
+        holdout = rows[rows["ts"] >= split]
         rounds, round_auc = auc_by_round(
             trained.native,
             holdout[spec.columns()].to_numpy(dtype=np.float32),
@@ -187,6 +223,10 @@ def make_tier_two_model(project: str, features: ProjectFeatures, model: str) -> 
                     "auc_floor": config.auc_floor,
                     "parity_tolerance": config.parity_tolerance,
                     "tier_one_version": tier_one.version,
+                    "training_rows": config.training_rows,
+                    "label_cut_quantiles": config.label_cut_quantiles,
+                    "candidates_tier_one": spec.model.candidates.tier_one,
+                    "candidates_popular": spec.model.candidates.popular,
                 }
             ),
             metrics=metrics,

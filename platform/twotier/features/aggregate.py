@@ -121,10 +121,11 @@ def aggregate(group: FeatureGroup, events: Iterable[Event | Mapping[str, Any]]) 
 
     Per event, the entity id comes from ``entity_id(group.entity, user_id, item_id)``.
     A ``count`` counter adds 1 and a ``sum`` counter adds the event's ``value`` for every
-    event of its action; with ``by``, the event's ``context[by]`` picks the field
-    ``<name>__<value>``, and values not declared in ``values`` (or a missing key) add
-    nothing. A last-seen feature keeps the largest ``ts`` of its action. Events of
-    actions the group does not count leave no trace (no empty documents).
+    event of its action (times ``decay_weight(ts)`` for a decayed one); with ``by``, the
+    event's ``context[by]`` picks the field ``<name>__<value>``, and values not declared
+    in ``values`` (or a missing key) add nothing. A last-seen feature keeps the largest
+    ``ts`` of its action. Events of actions the group does not count leave no trace (no
+    empty documents).
 
     Args:
         group: The feature group.
@@ -154,6 +155,8 @@ def aggregate(group: FeatureGroup, events: Iterable[Event | Mapping[str, Any]]) 
             else:
                 name = f.name
             amount: float = 1 if f.agg == "count" else float(_get(event, "value"))
+            if f.half_life_days is not None:
+                amount *= f.decay_weight(_get(event, "ts"))
             fields = out.increments.setdefault(eid, {})
             fields[name] = fields.get(name, 0) + amount
         for s in seen or ():

@@ -20,7 +20,8 @@ def _stats(entity: str, name: str, extra: list[dict[str, Any]]) -> dict[str, Any
             {"name": "smiles", "kind": "counter", "action": "smile"},
             {"name": "dislikes", "kind": "counter", "action": "dislike"},
             *extra,
-            {"name": "last_view_ts", "kind": "last_seen", "action": "view"},
+            # Stored for the recency below; an absolute time is no model input.
+            {"name": "last_view_ts", "kind": "last_seen", "action": "view", "column": False},
             {
                 "name": "smile_rate",
                 "kind": "rate",
@@ -35,7 +36,13 @@ def _stats(entity: str, name: str, extra: list[dict[str, Any]]) -> dict[str, Any
 
 
 _RATING = [
-    {"name": "rating_sum", "kind": "counter", "action": "view", "agg": "sum"},
+    # Stored for mean_rating; the raw sum only restates views x mean.
+    {"name": "rating_sum", "kind": "counter", "action": "view", "agg": "sum", "column": False},
+]
+# Recent popularity without windows to expire: views decayed by half every 30 days / year.
+_RECENT = [
+    {"name": "views_decayed_30d", "kind": "counter", "action": "view", "half_life_days": 30},
+    {"name": "views_decayed_365d", "kind": "counter", "action": "view", "half_life_days": 365},
 ]
 _MEAN_RATING = {
     "name": "mean_rating",
@@ -49,10 +56,28 @@ _MEAN_RATING = {
 MOVIELENS: dict[str, Any] = {
     "feature_groups": [
         _stats("user", "user_stats", [*_RATING]),
-        _stats("item", "item_stats", [*_RATING]),
+        _stats("item", "item_stats", [*_RATING, *_RECENT]),
+        {
+            "name": "user_item",
+            "entity": "user_item",
+            "features": [{"name": "views", "kind": "counter", "action": "view"}],
+        },
     ],
     "models": [
-        {"name": "ranker", "tier": "tier2", "feature_groups": ["user_stats", "item_stats"]},
+        {
+            "name": "ranker",
+            "tier": "tier2",
+            # user_item: a user's past views of a candidate, so serving drops seen movies.
+            "feature_groups": ["user_stats", "item_stats", "user_item"],
+            # Filled per candidate by the platform, the same way in training and serving.
+            "request_features": [
+                {"name": "tier1_score", "default": 0.0},
+                {"name": "tier1_rank", "default": 200.0},
+                {"name": "popular_rank", "default": 300.0},
+            ],
+            # Tier one's 200 best, then 100 of recent popularity (its fallback row).
+            "candidates": {"tier_one": 200, "popular": 100},
+        },
     ],
     # The demo's A/B test: half the users get the champion, half the challenger (a group
     # whose alias does not exist yet is served the champion until it does).
@@ -67,7 +92,7 @@ MOVIELENS: dict[str, Any] = {
         }
     ],
 }
-for _group in MOVIELENS["feature_groups"]:
+for _group in MOVIELENS["feature_groups"][:2]:
     _group["features"].append(_MEAN_RATING)
 
 CONTENT_TYPES = ("image", "video", "gif")

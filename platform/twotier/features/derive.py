@@ -49,6 +49,19 @@ def raw_arrays(
     return out
 
 
+def decay_to(feature: CounterFeature, now_ms: float | np.ndarray) -> float | np.ndarray:
+    """The factor turning a decayed counter's stored weights into its value at ``now_ms``.
+
+    Example:
+        >>> f = CounterFeature(name="v", action="view", half_life_days=1, reference_ts=0)
+        >>> stored = f.decay_weight(0) + f.decay_weight(86_400_000)  # two views, a day apart
+        >>> float(stored * decay_to(f, 2 * 86_400_000))  # two days after the first
+        0.75
+    """
+    days = (np.asarray(now_ms, dtype=np.float64) - feature.reference_ts) / 86_400_000.0
+    return np.exp2(-days / float(feature.half_life_days or 1.0))
+
+
 def group_matrix(
     group: FeatureGroup, raw: Mapping[str, np.ndarray], now_ms: float | np.ndarray
 ) -> np.ndarray:
@@ -63,14 +76,26 @@ def group_matrix(
         A float64 array of shape ``(n, len(group.columns()))``.
     """
     n = len(next(iter(raw.values()))) if raw else 0
+    counters = {f.name: f for f in group.features if isinstance(f, CounterFeature)}
+
+    def decayed(name: str) -> np.ndarray:
+        """A counter's value at ``now_ms`` (its stored value unless it decays)."""
+        counter = counters[name]
+        if counter.half_life_days is None:
+            return raw[name]
+        return raw[name] * decay_to(counter, now_ms)
+
     columns: list[np.ndarray] = []
-    for f in group.features:
+    for f in group.column_features():
         if isinstance(f, CounterFeature) and f.by:
-            columns.extend(raw[f"{f.name}__{v}"] for v in f.values)
+            scale = decay_to(f, now_ms) if f.half_life_days is not None else 1.0
+            columns.extend(raw[f"{f.name}__{v}"] * scale for v in f.values)
+        elif isinstance(f, CounterFeature) and f.half_life_days is not None:
+            columns.append(decayed(f.name))
         elif isinstance(f, CounterFeature | LastSeenFeature):
             columns.append(raw[f.name])
         elif isinstance(f, RateFeature):
-            num, den = raw[f.numerator], raw[f.denominator]
+            num, den = decayed(f.numerator), decayed(f.denominator)
             denominator = den + f.prior_weight
             with np.errstate(divide="ignore", invalid="ignore"):
                 rate = (num + f.prior_mean * f.prior_weight) / denominator

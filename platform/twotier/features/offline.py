@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -72,6 +73,20 @@ def entity_sql(entity: Entity, prefix: str = "") -> str:
     if entity == "item":
         return f"{prefix}item_id"
     return f"concat({prefix}user_id, '{PAIR_SEPARATOR}', {prefix}item_id)"
+
+
+def counter_amount_sql(feature: CounterFeature, bind: Callable[[Any, str], str]) -> str:
+    """What one event adds to a counter, in SQL over ``value`` and ``ts``.
+
+    ``1`` or ``value``, times ``feature.decay_weight(ts)`` for a decayed counter, as
+    ``twotier.features.aggregate`` adds online; ``bind(value, type)`` binds a parameter.
+    """
+    amount = "toFloat64(1)" if feature.agg == "count" else "toFloat64(value)"
+    if feature.half_life_days is None:
+        return amount
+    ref = bind(int(feature.reference_ts), "Int64")
+    half_life = bind(float(feature.half_life_days) * 86_400_000.0, "Float64")
+    return f"{amount} * exp2(toFloat64(ts - {ref}) / {half_life})"
 
 
 def _quote(name: str) -> str:
@@ -131,8 +146,8 @@ def snapshot_select(
                 per_ts.append(f"if({_quote(n)} > 0, ts, 0) AS {_quote(add)}")
                 running.append(f"max({_quote(add)}) OVER w AS {_quote(cum)}")
             else:
-                amount = "1" if isinstance(f, CounterFeature) and f.agg == "count" else "value"
-                per_ts.append(f"sumIf(toFloat64({amount}), {condition}) AS {_quote(add)}")
+                amount = counter_amount_sql(f, params.add) if isinstance(f, CounterFeature) else "1"
+                per_ts.append(f"sumIf({amount}, {condition}) AS {_quote(add)}")
                 running.append(f"sum({_quote(add)}) OVER w AS {_quote(cum)}")
             running.append(f"sum({_quote(n)}) OVER w AS {_quote('_ncum_' + field)}")
             final.append(

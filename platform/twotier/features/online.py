@@ -40,6 +40,9 @@ from twotier.features.spec import FeatureGroup, ModelFeatureSpec
 from twotier.naming import online_collection
 from twotier.online_store import ApplyResult, OnlineStore, connect
 
+RequestValue = float | Sequence[float]
+"""A request feature's value: one for every row, or one per row."""
+
 Doc = Mapping[str, Any] | None
 """One stored document's feature fields, or None for an entity the store never saw."""
 
@@ -99,7 +102,7 @@ def assemble_matrix(
     spec: ModelFeatureSpec,
     group_docs: Sequence[Sequence[Doc]],
     n_rows: int,
-    request: Mapping[str, float] | None = None,
+    request: Mapping[str, RequestValue] | None = None,
     now_ms: float | None = None,
 ) -> np.ndarray:
     """A model's feature matrix from the stored documents of each of its groups.
@@ -112,7 +115,9 @@ def assemble_matrix(
             order: ``n_rows`` of them, or exactly one, which is broadcast to every row
             (user groups). None stands for an unknown entity and gets the defaults.
         n_rows: Number of rows (candidates).
-        request: Request-feature values by name; missing ones take their default.
+        request: Request-feature values by name: one number for every row (e.g. the
+            slot position), or one per row (e.g. tier one's score of each candidate);
+            missing ones take their default.
         now_ms: Request time in ms for recency features; the current time when None.
 
     Returns:
@@ -120,7 +125,8 @@ def assemble_matrix(
 
     Raises:
         ValueError: The number of document lists or of documents in one does not fit,
-            or ``request`` names a feature the model does not have.
+            ``request`` names a feature the model does not have, or a per-row value list
+            does not have ``n_rows`` entries.
 
     Example:
         >>> from twotier.features.builtin import builtin_projects
@@ -162,9 +168,31 @@ def assemble_matrix(
         out[:, col : col + block.shape[1]] = block
         col += block.shape[1]
     for r in spec.model.request_features:
-        out[:, col] = float(request.get(r.name, r.default))
+        out[:, col] = request_column(r.name, request.get(r.name, r.default), n_rows)
         col += 1
     return out
+
+
+def request_column(name: str, value: RequestValue, n_rows: int) -> np.ndarray | float:
+    """One request feature's column: a scalar broadcast, or exactly ``n_rows`` values.
+
+    Raises:
+        ValueError: A list of the wrong length, or a value that is not a number.
+    """
+    if isinstance(value, int | float):
+        return float(value)
+    try:
+        values = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"request feature {name!r}: {value!r} is not a number or a list of numbers"
+        ) from None
+    if values.ndim != 1 or len(values) != n_rows:
+        raise ValueError(
+            f"request feature {name!r}: got {values.size} values for {n_rows} candidates "
+            "(send one number for all of them, or exactly one per candidate)"
+        )
+    return values
 
 
 class OnlineFeatures(Closing):
@@ -282,7 +310,7 @@ class OnlineFeatures(Closing):
         model: str,
         user_id: str,
         candidates: Sequence[str],
-        request: Mapping[str, float] | None = None,
+        request: Mapping[str, RequestValue] | None = None,
         now_ms: float | None = None,
     ) -> np.ndarray:
         """The feature matrix of ``model`` for one user and its candidates.
@@ -316,7 +344,7 @@ class OnlineFeatures(Closing):
         project: str,
         user_id: str,
         candidates: Sequence[str],
-        request: Mapping[str, float] | None = None,
+        request: Mapping[str, RequestValue] | None = None,
         now_ms: float | None = None,
     ) -> np.ndarray:
         """Like ``matrix``, for a spec loaded with a registered model.

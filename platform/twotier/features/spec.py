@@ -46,12 +46,24 @@ class _Spec(BaseModel):
 # -- features -------------------------------------------------------------------
 
 
+DEFAULT_DECAY_REFERENCE_TS = 946_684_800_000
+"""2000-01-01 UTC in ms: where decayed counters' stored weights are 1."""
+MAX_DECAY_EXPONENT = 1000.0
+"""Half-lives between an event and the reference beyond which a float64 weight overflows."""
+
+
 class CounterFeature(_Spec):
     """A raw counter (``agg: count``) or sum of event values (``agg: sum``) of one action.
 
     With ``by`` (an event context key such as ``content_type`` or ``genre``) and ``values``,
     it expands into one stored field and one column per value, in the order of ``values``,
     named ``<name>__<value>``.
+
+    With ``half_life_days`` it is **time-decayed**: an event ``d`` days before the request
+    counts ``2 ** (-d / half_life_days)`` (recent popularity without windows to expire).
+    Still a plain ``$inc``: each event adds ``2 ** ((ts - reference_ts) / half_life)``
+    and reads multiply by ``2 ** ((reference_ts - now) / half_life)``, online and offline
+    alike. Events must lie within 1,000 half-lives of ``reference_ts``.
     """
 
     kind: Literal["counter"] = "counter"
@@ -61,6 +73,28 @@ class CounterFeature(_Spec):
     by: str | None = Field(None, pattern=NAME_PATTERN)
     values: tuple[str, ...] = ()
     default: float = 0.0
+    column: bool = True
+    """False: stored (for the rates that read it) but not a column of the models."""
+    half_life_days: float | None = Field(None, gt=0)
+    reference_ts: int = DEFAULT_DECAY_REFERENCE_TS
+
+    def decay_weight(self, ts: float) -> float:
+        """What one event at ``ts`` (ms) adds per unit (1 unless decayed).
+
+        Raises:
+            ValueError: The event lies too far from ``reference_ts`` for a float64.
+        """
+        if self.half_life_days is None:
+            return 1.0
+        exponent = (float(ts) - self.reference_ts) / (self.half_life_days * 86_400_000.0)
+        if abs(exponent) > MAX_DECAY_EXPONENT:
+            raise ValueError(
+                f"feature {self.name!r}: an event at ts={int(ts)} lies {exponent:.0f} "
+                f"half-lives from reference_ts={self.reference_ts}; set reference_ts "
+                "within 1,000 half-lives of the events (it is stored with the group: bump "
+                "the group's version)"
+            )
+        return float(2.0**exponent)
 
     @model_validator(mode="after")
     def _by_needs_values(self) -> CounterFeature:
@@ -79,6 +113,9 @@ class LastSeenFeature(_Spec):
     name: str = Field(pattern=NAME_PATTERN)
     action: str = Field(min_length=1)
     default: float = 0.0
+    column: bool = True
+    """False: stored (for the recency that reads it) but not a column of the models: an
+    absolute time only tells a model when a row was made, which never recurs."""
 
 
 class RateFeature(_Spec):
@@ -149,6 +186,18 @@ class FeatureGroup(_Spec):
                         f"group {self.name!r}: feature {f.name!r} refers to {ref!r}, which is "
                         f"not a {' or '.join(kinds)} feature of this group"
                     )
+            if isinstance(f, RateFeature):
+                decays = {
+                    (g.half_life_days, g.reference_ts if g.half_life_days else None)
+                    for g in self.features
+                    if isinstance(g, CounterFeature) and g.name in (f.numerator, f.denominator)
+                }
+                if len(decays) > 1:
+                    raise ValueError(
+                        f"group {self.name!r}: rate {f.name!r} divides counters that decay "
+                        "differently: give numerator and denominator the same half_life_days "
+                        "and reference_ts (or neither)"
+                    )
         return self
 
     @property
@@ -170,10 +219,14 @@ class FeatureGroup(_Spec):
                 fields.append(f.name)
         return fields
 
+    def column_features(self) -> list[Feature]:
+        """The features that are model columns (``column: false`` raw ones are not)."""
+        return [f for f in self.features if getattr(f, "column", True)]
+
     def columns(self) -> list[str]:
         """Output column names of this group (raw and derived), in declaration order."""
         columns: list[str] = []
-        for f in self.features:
+        for f in self.column_features():
             if isinstance(f, CounterFeature) and f.by:
                 columns.extend(f"{f.name}__{v}" for v in f.values)
             else:
@@ -191,13 +244,53 @@ class RequestFeature(_Spec):
     default: float = 0.0
 
 
+class CandidateSpec(_Spec):
+    """Which candidates a tier-two model ranks: tier one's best, plus recent popularity.
+
+    Training builds its rows from exactly these candidates (``twotier.models.candidates``)
+    and serving sends exactly these to the ranker, so the ranker is never asked about a
+    kind of candidate it did not learn from.
+    """
+
+    tier_one: int = Field(200, ge=1, le=100_000)
+    """Tier one's best items per user (its ALS scores; cold users get its fallback)."""
+    popular: int = Field(0, ge=0, le=100_000)
+    """Added from tier one's fallback row (recent popularity) when not already there."""
+
+
+TIER_ONE_SCORE = "tier1_score"
+TIER_ONE_RANK = "tier1_rank"
+POPULAR_RANK = "popular_rank"
+CANDIDATE_FEATURES = (TIER_ONE_SCORE, TIER_ONE_RANK, POPULAR_RANK)
+"""Request features filled per candidate by the platform (training rows and serving)."""
+
+
 class ModelFeatures(_Spec):
-    """The input layout of one model: feature groups in order, then request features."""
+    """The input layout of one model: feature groups in order, then request features.
+
+    Request features named ``tier1_score``, ``tier1_rank`` and ``popular_rank`` are
+    filled per candidate with tier one's score and rank (0 = best; an item added only for
+    its popularity gets the last score and ``candidates.tier_one`` as rank) and its rank
+    in tier one's fallback row, recent popularity (``tier_one + popular`` beyond it), the
+    same way in training and in serving.
+    """
 
     name: str = Field(pattern=NAME_PATTERN)
     tier: Literal["tier1", "tier2"] = "tier2"
     feature_groups: tuple[str, ...] = Field(min_length=1)
     request_features: tuple[RequestFeature, ...] = ()
+    candidates: CandidateSpec = CandidateSpec()
+
+    @model_validator(mode="after")
+    def _unique_request_features(self) -> ModelFeatures:
+        names = [r.name for r in self.request_features]
+        if len(set(names)) != len(names):
+            raise ValueError(f"model {self.name!r}: request features declared twice: {names}")
+        return self
+
+    def candidate_features(self) -> list[str]:
+        """The request features the platform fills per candidate, in declaration order."""
+        return [r.name for r in self.request_features if r.name in CANDIDATE_FEATURES]
 
 
 class ModelFeatureSpec(_Spec):

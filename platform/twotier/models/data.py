@@ -12,6 +12,11 @@ class HoldoutError(TwotierError, ValueError):
     """The events cannot be split or read as asked; the message names the fix."""
 
 
+def items_by_user(frame: pd.DataFrame) -> dict[str, set[str]]:
+    """User id -> the set of item ids of ``frame`` (``user_id``, ``item_id``)."""
+    return {str(u): set(items) for u, items in frame.groupby("user_id")["item_id"]}
+
+
 def read_interactions(
     store: OfflineStore,
     project: str,

@@ -1,9 +1,11 @@
 """The two tiers together on a temporal hold-out, against two popularity baselines.
 
 For every hold-out user (a user with ``relevant_action`` events at or after the cut-off),
-tier one's ONNX graph proposes ``k`` candidates the user had not viewed before the
-cut-off; tier two's ONNX graph re-ranks them on point-in-time features at the cut-off
-(``twotier.features.historical_features``). NDCG@10 and Recall@k of that list are set
+tier one's ONNX graph proposes the ranker's declared candidates (``CandidateSpec``: its
+best items plus recent popularity) that the user had not viewed before the cut-off; tier
+two's ONNX graph re-ranks them on point-in-time features at the cut-off
+(``twotier.features.historical_features``) and tier one's score and rank of each, as
+serving does. NDCG@10 and Recall@k of that list are set
 against tier one alone, all-time popularity (items by training-period views) and recent
 popularity (views of the last ``recent_days`` before the cut-off), each over all users,
 the users tier one knows and the cold ones, with 95% bootstrap intervals of the ratio to
@@ -29,7 +31,8 @@ import pandas as pd
 
 from twotier.config import Settings
 from twotier.errors import TwotierError
-from twotier.models.data import read_interactions
+from twotier.models.candidates import tier_one_candidates
+from twotier.models.data import items_by_user, read_interactions
 from twotier.models.metrics import (
     MetricsError,
     PopularityBaseline,
@@ -46,11 +49,6 @@ log = logging.getLogger(__name__)
 
 class EvaluationError(TwotierError, ValueError):
     """The hold-out cannot be evaluated as asked; the message names the fix."""
-
-
-def items_by_user(frame: pd.DataFrame) -> dict[str, set[str]]:
-    """User id -> the set of item ids of ``frame`` (``user_id``, ``item_id``)."""
-    return {str(u): set(items) for u, items in frame.groupby("user_id")["item_id"]}
 
 
 def _with_prefix(prefix: str, metrics: dict[str, float]) -> dict[str, float]:
@@ -89,9 +87,9 @@ def evaluate_two_tiers(
 ) -> dict[str, float]:
     """NDCG@``ndcg_k`` and Recall@``k`` of the two tiers, tier one and both baselines.
 
-    The served order is tier two's order of tier one's candidates, as in serving. Users
-    tier one never saw get its cold fallback (the popularity column of its ONNX graph),
-    re-ranked by tier two, in both.
+    The served order is tier two's order of the declared candidates, as in serving; its
+    first ``k`` count for Recall@k. Users tier one never saw get its cold fallback (the
+    popularity column of its ONNX graph), re-ranked by tier two, in both.
 
     Args:
         store: An open offline store with events and materialized snapshots.
@@ -100,7 +98,7 @@ def evaluate_two_tiers(
         tier_one: The exported tier-one graph (``export_tier_one``).
         tier_two: The exported tier-two graph (``to_onnx``; carries its features spec).
         cutoff_ts: The temporal split (ms) both tiers were trained before.
-        k: Candidates per user from tier one (the Recall cut-off).
+        k: The Recall cut-off, and tier one's list length when it is ranked alone.
         ndcg_k: The NDCG cut-off.
         relevant_action: Hold-out events of this action make an item relevant.
         max_users: Evaluate a seeded sample of at most this many hold-out users.
@@ -152,8 +150,17 @@ def evaluate_two_tiers(
             "the tier-two ONNX model carries no model-features spec in its metadata: export "
             "it with twotier.models.tier_two.to_onnx"
         )
+    mix = two.spec.model.candidates
+    found = tier_one_candidates(one, users, mix, seen)
+    names = two.spec.model.candidate_features()
     rows = pd.DataFrame(
-        [(u, item) for u in users for item in candidates[u]], columns=["user_id", "item_id"]
+        {
+            "user_id": [u for u in users for _ in found[u].items],
+            "item_id": [i for u in users for i in found[u].items],
+            **{
+                n: np.concatenate([found[u].request_features([n])[n] for u in users]) for n in names
+            },
+        }
     )
     rows["ts"] = np.int64(cutoff_ts)
     reranked: dict[str, list[str]] = {u: [] for u in users}
@@ -165,7 +172,7 @@ def evaluate_two_tiers(
         rows["rank_one"] = rows.groupby("user_id", sort=False).cumcount()
         ordered = rows.sort_values(["user_id", "p", "rank_one"], ascending=[True, False, True])
         for user, items in ordered.groupby("user_id", sort=False)["item_id"]:
-            reranked[str(user)] = list(items)
+            reranked[str(user)] = list(items)[:k]
 
     ranked = {
         "two_tier": reranked,
