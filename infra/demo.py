@@ -194,9 +194,11 @@ def _show_recommendations(
             title = titles.get(item["item_id"], item["item_id"])
             ranked.add_row(str(rank), title, f"{item['score']:.3f}")
         console.print(ranked)
+        fallback = " (a user new to tier one: its recent-popularity fallback)"
         console.print(
-            f"[dim]{answer['candidates']} tier-one candidates, {answer['seen_excluded']} seen "
-            "ones removed[/dim]"
+            f"[dim]{answer['candidates']} candidates (tier one's, then recent popularity), "
+            f"{answer['seen_excluded']} movies the user already rated removed"
+            f"{fallback if answer.get('cold_user') else ''}[/dim]"
         )
 
 

@@ -33,7 +33,7 @@ from ray.serve.handle import DeploymentHandle
 
 from twotier.config import ConfigError, Settings
 from twotier.events import Event
-from twotier.features.spec import TIER_ONE_RANK, TIER_ONE_SCORE, ProjectFeatures
+from twotier.features.spec import ProjectFeatures
 from twotier.naming import check_project, model_name
 from twotier.registry import ModelNotFound, ModelVersionRef
 from twotier.serve_apps.alias_directory import RegistryUnavailable
@@ -327,16 +327,13 @@ class Ingress:
             self._tier_ref(project, "tier2", model, chosen),
         )
         # The ranker's declared mix: tier one's k best, then recent popularity.
-        popular = features.model_spec(model).model.candidates.popular
-        self._cap("k", k + popular)
+        mix = features.model_spec(model).model.candidates
+        self._cap("k", k + mix.popular)
         found = await self._call(
-            self.tier_one, ref1, "candidates", body.user_id, k, list(body.exclude), popular
+            self.tier_one, ref1, "candidates", body.user_id, k, list(body.exclude), mix.popular
         )
         candidates = [item for item, _ in found["pairs"]]
-        per_candidate = {
-            TIER_ONE_SCORE: [score for _, score in found["pairs"]],
-            TIER_ONE_RANK: found["ranks"],
-        }
+        per_candidate = found["features"]  # tier one's score and rank of each
         ranked: dict[str, Any] = {"scores": [], "seen": [], "degraded": False}
         if candidates:
             ranked = await self._call(
@@ -352,7 +349,12 @@ class Ingress:
         scores = np.asarray(ranked["scores"], dtype=np.float64)
         seen = np.asarray(ranked["seen"], dtype=bool)
         keep = np.flatnonzero(~seen) if len(seen) else np.arange(0)
-        top = keep[np.argsort(-scores[keep], kind="stable")][: body.n]
+        if found["cold"] and not mix.rerank_cold:
+            # A user new to tier one keeps its fallback's order (recent popularity).
+            scores = np.asarray([score for _, score in found["pairs"]], dtype=np.float64)
+            top = keep[: body.n]
+        else:
+            top = keep[np.argsort(-scores[keep], kind="stable")][: body.n]
         items = [ItemScore(item_id=candidates[i], score=float(scores[i])) for i in top]
         request_id = uuid.uuid4().hex
         self.metrics.recommendations.inc(

@@ -23,7 +23,7 @@ from ray.serve.handle import DeploymentHandle
 
 import twotier.registry as registry
 from twotier.config import Settings, load_settings
-from twotier.features.spec import CandidateSpec
+from twotier.features.spec import CANDIDATE_FEATURES, CandidateSpec
 from twotier.models.candidates import tier_one_candidates
 from twotier.registry import ModelNotFound, ModelVersionRef
 from twotier.serve_apps.alias_directory import AliasDirectory, RegistryUnavailable, is_not_found
@@ -322,9 +322,10 @@ class ModelHost:
                 already there (``twotier.models.candidates.merge_candidates``).
 
         Returns:
-            ``{"pairs": [(item_id, score), ...], "ranks": [...], "cold": bool}``; ``ranks``:
-            tier one's rank of each (``k`` for an item added for its popularity);
-            ``cold``: the model never saw the user, so tier one's items are its fallback.
+            ``{"pairs": [(item_id, score), ...], "features": {...}, "cold": bool}``;
+            ``features``: per candidate, ``CANDIDATE_FEATURES`` (tier one's score and rank,
+            the rank in recent popularity) for the ranker; ``cold``: the model never saw
+            the user, so tier one's items are its fallback.
         """
         model = await self._model()
         session = model.tier_one
@@ -334,7 +335,7 @@ class ModelHost:
         found = tier_one_candidates(session, [user_id], mix, {user_id: set(exclude)})[user_id]
         return {
             "pairs": list(zip(found.items, found.scores.tolist(), strict=True)),
-            "ranks": found.ranks.tolist(),
+            "features": found.request_features(CANDIDATE_FEATURES),
             "cold": found.cold,
         }
 

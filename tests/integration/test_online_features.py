@@ -4,18 +4,22 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import pytest
 from online_servers import SERVERS, with_online_server
 from pymongo import monitoring
 
-from twotier.config import MongoDBOnlineStoreConfig, Settings
+from twotier.config import ClickHouseOfflineStoreConfig, MongoDBOnlineStoreConfig, Settings
 from twotier.events import Event
-from twotier.features import OnlineFeatures
+from twotier.features import OnlineFeatures, historical_features
+from twotier.features.offline import materialize_all_snapshots
 from twotier.features.spec import ModelFeatureSpec
 from twotier.naming import online_collection
+from twotier.offline_store import events_frame, open_offline_store
 from twotier.online_store.mongodb import MongoDBOnlineStore
 
 NOW = 1_700_000_100_000
@@ -90,41 +94,81 @@ MOVIELENS_EVENTS = [
 
 
 def _stats(views: int, smiles: int, dislikes: int, rating_sum: float, last: float) -> list[float]:
-    """One stats block of the movielens ranker, derived by hand (see builtin.py priors)."""
+    """The user stats block of the movielens ranker, derived by hand (builtin.py priors)."""
     recency = (NOW - last) / 1000 if last else 1e9
     return [
         views,
         smiles,
         dislikes,
-        rating_sum,
-        last,
         (smiles + 0.3 * 5) / (views + 5),
         recency,
         (rating_sum + 3.5 * 5) / (views + 5),
     ]
 
 
+def _decayed(view_times: list[int], half_life_days: float) -> float:
+    """Views decayed to NOW: each counts 2 ** (-age / half-life)."""
+    return sum(2.0 ** (-(NOW - t) / (half_life_days * 86_400_000)) for t in view_times)
+
+
+def _item(views: list[int], smiles: int, dislikes: int, rating_sum: float) -> list[float]:
+    """The item stats block: the user block's columns plus two decayed view counters."""
+    block = _stats(len(views), smiles, dislikes, rating_sum, max(views, default=0))
+    return [*block[:3], _decayed(views, 30), _decayed(views, 365), *block[3:]]
+
+
+DEFAULT_REQUEST = [0.0, 200.0, 300.0]  # tier1_score, tier1_rank, popular_rank
+
+
 def test_matrix_equals_the_hand_computed_features(features: OnlineFeatures) -> None:
     results = features.write("movielens", MOVIELENS_EVENTS, "test-writer", 0)
-    assert {name: r.documents for name, r in results.items()} == {"user_stats": 2, "item_stats": 2}
+    assert {name: r.documents for name, r in results.items()} == {
+        "user_stats": 2,
+        "item_stats": 2,
+        "user_item": 3,
+    }
 
     x = features.matrix("movielens", "ranker", "1", ["31", "47", "999"], now_ms=NOW)
     user_1 = _stats(2, 1, 1, 6.0, T0 + 3000)
     expected = [
-        user_1 + _stats(2, 2, 0, 9.0, T0 + 5000),
-        user_1 + _stats(1, 0, 1, 2.0, T0 + 3000),
-        user_1 + _stats(0, 0, 0, 0.0, 0),  # unknown item: defaults
+        user_1 + _item([T0 + 1000, T0 + 5000], 2, 0, 9.0) + [1] + DEFAULT_REQUEST,
+        user_1 + _item([T0 + 3000], 0, 1, 2.0) + [1] + DEFAULT_REQUEST,
+        user_1 + _item([], 0, 0, 0.0) + [0] + DEFAULT_REQUEST,  # unknown item: defaults
     ]
     assert x.dtype == np.float32
-    assert x.shape == (3, 16)
+    assert x.shape == (3, 18)
     np.testing.assert_allclose(x, np.array(expected, dtype=np.float32), rtol=1e-6)
 
     unknown_user = features.matrix("movielens", "ranker", "nobody", ["31"], now_ms=NOW)
     np.testing.assert_allclose(
         unknown_user,
-        np.array([_stats(0, 0, 0, 0.0, 0) + _stats(2, 2, 0, 9.0, T0 + 5000)], dtype=np.float32),
+        np.array(
+            [_stats(0, 0, 0, 0.0, 0) + _item([T0 + 1000, T0 + 5000], 2, 0, 9.0) + [0, 0, 200, 300]],
+            dtype=np.float32,
+        ),
         rtol=1e-6,
     )
+
+
+def test_online_and_offline_values_agree_for_the_same_events(
+    features: OnlineFeatures, tmp_path: Path
+) -> None:
+    """Decayed counters, stored-only sums, userxitem counters: one definition, two stores."""
+    features.write("movielens", MOVIELENS_EVENTS, "test-writer", 0)
+    candidates = ["31", "47", "999"]
+    request = {"tier1_score": [0.5, 0.25, 0.0], "tier1_rank": [0.0, 1.0, 200.0]}
+    online = features.matrix("movielens", "ranker", "1", candidates, request, now_ms=NOW)
+    local = features._settings.model_copy(
+        update={"offline_store": ClickHouseOfflineStoreConfig(dsn=f"chdb://{tmp_path / 'off'}")}
+    )
+    with open_offline_store(local) as store:
+        store.ensure_tables("movielens")
+        store.insert_events("movielens", events_frame(MOVIELENS_EVENTS))
+        materialize_all_snapshots(store, local, "movielens")
+        rows = pd.DataFrame({"user_id": "1", "item_id": candidates, "ts": NOW, **request})
+        offline = historical_features(store, local, "movielens", "ranker", rows)
+    spec = features.spec("movielens", "ranker")
+    np.testing.assert_allclose(offline[spec.columns()].to_numpy(), online, rtol=1e-6)
 
 
 def test_a_replayed_batch_changes_nothing(features: OnlineFeatures) -> None:
@@ -141,7 +185,10 @@ def test_a_replayed_batch_changes_nothing(features: OnlineFeatures) -> None:
     after = features.matrix("movielens", "ranker", "1", ["31"], now_ms=NOW)
     cols = features.spec("movielens", "ranker").columns()
     assert after[0, cols.index("item_stats.views")] == before[0, cols.index("item_stats.views")] + 1
-    assert after[0, cols.index("item_stats.last_view_ts")] == np.float32(T0 + 5000)
+    # Recency still counts from the latest view (t=5000), not from the late one.
+    assert after[0, cols.index("item_stats.since_last_view_s")] == np.float32(
+        (NOW - T0 - 5000) / 1000
+    )
 
 
 def test_memes_request_features_last_by_values_and_pairs(features: OnlineFeatures) -> None:
@@ -203,7 +250,7 @@ def test_matrix_for_a_spec_stored_with_a_model(features: OnlineFeatures) -> None
         features.matrix("movielens", "ranker", "1", ["31"], now_ms=NOW),
     )
     empty = features.matrix("movielens", "ranker", "1", [], now_ms=NOW)
-    assert empty.shape == (0, 16)
+    assert empty.shape == (0, 18)
 
 
 @pytest.mark.parametrize(

@@ -31,12 +31,14 @@ from twotier.events import Event
 from twotier.experiments import Experiment, ExperimentGroup, assign
 from twotier.features.builtin import builtin_projects
 from twotier.features.online import OnlineFeatures
-from twotier.features.spec import ProjectFeatures
+from twotier.features.spec import CandidateSpec, ProjectFeatures
 from twotier.infra.service import Service
+from twotier.models.candidates import tier_one_candidates
 from twotier.models.tier_one import TierOneModel, TierOneSession, export_tier_one
 from twotier.models.tier_two import TierTwoModel, TierTwoSession
 from twotier.naming import model_name
 from twotier.serve_apps.deploy import deploy, move_serving_alias, serve_url
+from twotier.serve_apps.feature_reader import seen_mask
 from twotier.serve_apps.testing import (
     register_tier_one,
     register_tier_two,
@@ -88,17 +90,39 @@ class World:
     onnx_sizes: list[int] = field(default_factory=list)
 
     def expected(
-        self, project: str, alias: str, user: str, k: int, exclude: tuple[str, ...] = ()
-    ) -> tuple[list[str], np.ndarray]:
-        """Tier-one candidates and tier-two scores computed here, without serving."""
+        self,
+        project: str,
+        alias: str,
+        user: str,
+        k: int,
+        exclude: tuple[str, ...] = (),
+        *,
+        union: bool = True,
+    ) -> tuple[list[str], np.ndarray, np.ndarray]:
+        """Candidates, tier-two scores and seen flags computed here, without serving.
+
+        ``union``: tier one's ``k`` plus the ranker's declared popular candidates, as
+        ``/recommend`` sends them (else tier one's ``k`` alone, as ``/first-tier-model``).
+        """
         one = self.versions[project, "tier1", alias].tier_one
         two = self.versions[project, "tier2", alias].tier_two
         assert one is not None and two is not None
         session = TierOneSession(export_tier_one(one))
-        candidates = session.candidates([user], k=k, exclude={user: set(exclude)})[user]
+        mix = CandidateSpec(tier_one=k, popular=two.spec.model.candidates.popular if union else 0)
+        found = tier_one_candidates(session, [user], mix, {user: set(exclude)})[user]
+        request = found.request_features(two.spec.model.candidate_features())
+        scores, matrix = self.scores(project, alias, user, found.items, request)
+        return found.items, scores, seen_mask(two.spec, matrix)
+
+    def scores(
+        self, project: str, alias: str, user: str, items: list[str], request: dict[str, Any]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Tier two's scores of ``items`` (and its feature matrix), computed here."""
+        two = self.versions[project, "tier2", alias].tier_two
+        assert two is not None
         with OnlineFeatures(self.settings) as features:
-            matrix = features.matrix_for_spec(two.spec, project, user, candidates)
-        return candidates, TierTwoSession(two.onnx_model).probabilities(matrix)
+            matrix = features.matrix_for_spec(two.spec, project, user, items, request)
+        return TierTwoSession(two.onnx_model).probabilities(matrix), matrix
 
 
 def _post(world: World, path: str, body: object, **kw: Any) -> httpx.Response:
@@ -247,11 +271,14 @@ def test_recommend_equals_both_tiers_computed_here(world: World, group: str) -> 
         for tier in ("tier1", "tier2"):
             assert versions[tier]["version"] == world.versions[MAIN, tier, alias].ref.version
             assert versions[tier]["alias"] == alias and not versions[tier]["fallback"]
-        candidates, scores = world.expected(MAIN, alias, user, 30)
-        order = np.argsort(-scores, kind="stable")[:7]
+        candidates, scores, seen = world.expected(MAIN, alias, user, 30)
+        keep = np.flatnonzero(~seen)
+        order = keep[np.argsort(-scores[keep], kind="stable")][:7]
         assert [i["item_id"] for i in body["items"]] == [candidates[i] for i in order]
         np.testing.assert_allclose([i["score"] for i in body["items"]], scores[order], atol=1e-5)
-        assert body["candidates"] == 30 and body["features_degraded"] is False
+        # Tier one's 30, then the ranker's declared popular ones (the catalogue has 60).
+        assert body["candidates"] == len(candidates) > 30 and body["features_degraded"] is False
+        assert body["seen_excluded"] == int(seen.sum())
         assert body["cold_user"] is False
 
 
@@ -260,7 +287,7 @@ def test_first_and_second_tier_endpoints(world: World) -> None:
     first = _post(world, f"/v1/{MAIN}/first-tier-model", {"user_id": user, "k": 12})
     assert first.status_code == 200, first.text
     items = [c["item_id"] for c in first.json()["candidates"]]
-    candidates, scores = world.expected(MAIN, "champion", user, 12)
+    candidates, _, _ = world.expected(MAIN, "champion", user, 12, union=False)
     assert items == candidates
     assert first.json()["models"][0]["name"] == model_name(MAIN, "tier1", "candidates")
     assert first.json()["cold_user"] is False
@@ -269,6 +296,9 @@ def test_first_and_second_tier_endpoints(world: World) -> None:
     stranger = _post(world, f"/v1/{MAIN}/recommend", {"user_id": "never-seen-user", "n": 3})
     assert stranger.status_code == 200, stranger.text
     assert stranger.json()["cold_user"] is True and len(stranger.json()["items"]) == 3
+    # MovieLens declares rerank_cold: false, so the fallback's own order is served.
+    fallback, _, _ = world.expected(MAIN, "champion", "never-seen-user", 3, union=False)
+    assert [i["item_id"] for i in stranger.json()["items"]] == fallback
     cold_first = _post(world, f"/v1/{MAIN}/first-tier-model", {"user_id": "never-seen-user"})
     assert cold_first.json()["cold_user"] is True
 
@@ -277,12 +307,21 @@ def test_first_and_second_tier_endpoints(world: World) -> None:
     ).json()
     assert [c["item_id"] for c in excluded["candidates"]][:8] == items[4:]
 
+    # Tier one's score and rank go with each candidate, one value per candidate.
+    ranks = list(range(len(candidates)))
+    request = {"tier1_score": [c["score"] for c in first.json()["candidates"]], "tier1_rank": ranks}
     second = _post(
-        world, f"/v1/{MAIN}/second-tier-model", {"user_id": user, "candidates": candidates}
+        world,
+        f"/v1/{MAIN}/second-tier-model",
+        {"user_id": user, "candidates": candidates, "request_features": request},
     )
     assert second.status_code == 200, second.text
     body = second.json()
+    scores, _ = world.scores(MAIN, "champion", user, candidates, request)
     np.testing.assert_allclose(body["scores"], scores, atol=1e-5)
+    wrong = {"user_id": user, "candidates": candidates, "request_features": {"tier1_rank": [0]}}
+    refused = _post(world, f"/v1/{MAIN}/second-tier-model", wrong)
+    assert refused.status_code == 422 and "1 values for 12 candidates" in refused.text
     ranked = [r["item_id"] for r in body["ranking"]]
     assert ranked == [candidates[i] for i in np.argsort(-scores, kind="stable")]
     assert body["models"][0]["version"] == world.versions[MAIN, "tier2", "champion"].ref.version
@@ -427,7 +466,7 @@ def test_fifty_models_within_the_memory_budget(world: World) -> None:
             body = response.json()
             for used in body["models"]:
                 assert used["version"] == world.versions[project, used["tier"], alias].ref.version
-            candidates, scores = world.expected(project, alias, user, 20)
+            candidates, scores, _ = world.expected(project, alias, user, 20)
             got = {i["item_id"]: i["score"] for i in body["items"]}
             want = dict(zip(candidates, scores.tolist(), strict=True))
             for item, score in got.items():

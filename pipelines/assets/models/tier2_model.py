@@ -9,8 +9,8 @@ import numpy as np
 from pydantic import Field
 
 from twotier.features.spec import ProjectFeatures
-from twotier.models.candidates import candidate_training_set, label_cuts
-from twotier.models.datasets import read_tier_one_set, read_tier_two_set
+from twotier.models.candidates import candidate_rows_before
+from twotier.models.datasets import read_tier_two_set
 from twotier.models.evaluate import evaluate_two_tiers
 from twotier.models.parity import PARITY_TOLERANCE
 from twotier.models.plots import auc_by_round, feature_importance_figure, metric_curves_figure
@@ -168,23 +168,16 @@ def make_tier_two_model(project: str, features: ProjectFeatures, model: str) -> 
                 rows = read_tier_two_set(store, project, spec)
                 split = cutoff
             else:
-                views = read_tier_one_set(store, project)
-                views = views[views["ts"] < cutoff]
-                cuts = label_cuts(views["ts"], config.label_cut_quantiles)
-                rows = candidate_training_set(
+                rows, split = candidate_rows_before(
                     store,
                     settings,
                     project,
                     spec,
-                    views,
-                    cuts,
-                    end_ts=cutoff,
-                    tier_one_params=TierOneParams(
-                        fallback_window_days=config.recent_popularity_days
-                    ),
+                    cutoff,
+                    config.label_cut_quantiles,
+                    TierOneParams(fallback_window_days=config.recent_popularity_days),
                     progress=context.log.info,
                 )
-                split = cuts[-1]
             watch.lap("read")
             # Raises TierTwoError / ParityError before anything is registered.
             trained = train_tier_two_frame(rows, spec, split, params, config.parity_tolerance)

@@ -19,7 +19,7 @@ Example (against a running online store, e.g. ``twotier up``)::
                       action="view", value=4.0, ts=1_700_000_000_000)
         features.write("movielens", [event], batch_key="docs", batch_id=0)
         x = features.matrix("movielens", "ranker", user_id="1", candidates=["31", "99"])
-        x.shape  # (2, 16): user_stats columns, then item_stats columns
+        x.shape  # (2, 18): user_stats, item_stats and user_item columns, then request ones
 """
 
 from __future__ import annotations
@@ -133,13 +133,16 @@ def assemble_matrix(
         >>> spec = builtin_projects()["movielens"].model_spec("ranker")
         >>> user = [{"views": 4, "smiles": 2}]
         >>> items = [{"views": 10}, None]
-        >>> x = assemble_matrix(spec, [user, items], n_rows=2, now_ms=0)
+        >>> pairs = [None, None]
+        >>> x = assemble_matrix(spec, [user, items, pairs], 2, {"tier1_rank": [0, 1]}, 0)
         >>> x.shape
-        (2, 16)
+        (2, 18)
         >>> x[:, 0].tolist()  # user_stats.views, broadcast
         [4.0, 4.0]
-        >>> x[:, 8].tolist()  # item_stats.views; the unknown item gets the default 0
+        >>> x[:, 6].tolist()  # item_stats.views; the unknown item gets the default 0
         [10.0, 0.0]
+        >>> x[:, -2].tolist()  # request.tier1_rank, one per candidate
+        [0.0, 1.0]
     """
     if len(group_docs) != len(spec.groups):
         raise ValueError(

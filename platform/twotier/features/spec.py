@@ -256,6 +256,9 @@ class CandidateSpec(_Spec):
     """Tier one's best items per user (its ALS scores; cold users get its fallback)."""
     popular: int = Field(0, ge=0, le=100_000)
     """Added from tier one's fallback row (recent popularity) when not already there."""
+    rerank_cold: bool = True
+    """False: users tier one never saw get its fallback in its own order (recent
+    popularity), not re-ranked; for rankers that know nothing more of a new user."""
 
 
 TIER_ONE_SCORE = "tier1_score"

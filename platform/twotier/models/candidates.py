@@ -266,9 +266,56 @@ def candidate_training_set(
     return historical_features(store, settings, project, spec, entity, label="label")
 
 
+def candidate_rows_before(
+    store: OfflineStore,
+    settings: Settings,
+    project: str,
+    spec: ModelFeatureSpec,
+    cutoff_ts: int,
+    quantiles: Sequence[float] = (0.7, 0.8, 0.9),
+    tier_one_params: TierOneParams | None = None,
+    label_action: str = "smile",
+    progress: Progress = quiet,
+) -> tuple[pd.DataFrame, int]:
+    """``candidate_training_set`` at label cuts (``quantiles``) of the views before a cut-off.
+
+    Returns:
+        The rows, and the last cut: rows at it are the hold-out of AUC and parity.
+
+    Raises:
+        CandidateError: No views before ``cutoff_ts``, or fewer than two distinct cuts.
+    """
+    views = read_interactions(store, project, "view", until_ts=cutoff_ts)
+    if views.empty:
+        raise CandidateError(
+            f"project {project!r} has no view before ts={cutoff_ts} in the offline store: "
+            "load events and materialize snapshots first"
+        )
+    cuts = label_cuts(views["ts"], quantiles)
+    if len(cuts) < 2:
+        raise CandidateError(
+            f"label cuts at quantiles {list(quantiles)} give {len(cuts)} distinct time(s): "
+            "give at least two (the last one's rows are the hold-out)"
+        )
+    rows = candidate_training_set(
+        store,
+        settings,
+        project,
+        spec,
+        views,
+        cuts,
+        cutoff_ts,
+        tier_one_params,
+        label_action=label_action,
+        progress=progress,
+    )
+    return rows, cuts[-1]
+
+
 __all__ = [
     "CandidateError",
     "Candidates",
+    "candidate_rows_before",
     "candidate_training_set",
     "label_cuts",
     "merge_candidates",

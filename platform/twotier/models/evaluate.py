@@ -89,7 +89,8 @@ def evaluate_two_tiers(
 
     The served order is tier two's order of the declared candidates, as in serving; its
     first ``k`` count for Recall@k. Users tier one never saw get its cold fallback (the
-    popularity column of its ONNX graph), re-ranked by tier two, in both.
+    popularity column of its ONNX graph), re-ranked by tier two unless the ranker's
+    candidates say ``rerank_cold: false``, as in serving.
 
     Args:
         store: An open offline store with events and materialized snapshots.
@@ -173,6 +174,8 @@ def evaluate_two_tiers(
         ordered = rows.sort_values(["user_id", "p", "rank_one"], ascending=[True, False, True])
         for user, items in ordered.groupby("user_id", sort=False)["item_id"]:
             reranked[str(user)] = list(items)[:k]
+    if not mix.rerank_cold:  # cold users keep tier one's fallback order, as served
+        reranked |= {u: found[u].items[:k] for u in users if found[u].cold}
 
     ranked = {
         "two_tier": reranked,

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import onnx
@@ -24,7 +25,9 @@ from twotier.errors import TwotierError
 from twotier.features.spec import ModelFeatureSpec
 from twotier.models.metrics import auc
 from twotier.models.parity import PARITY_TOLERANCE, check_parity
+from twotier.models.tier_one import TierOneParams
 from twotier.offline_store.base import OfflineStore
+from twotier.progress import Progress, quiet
 
 log = logging.getLogger(__name__)
 
@@ -220,6 +223,9 @@ def train_tier_two_frame(
     )
 
 
+TrainingRows = Literal["candidates", "views"]
+
+
 def train_tier_two(
     store: OfflineStore,
     settings: Settings,
@@ -228,22 +234,35 @@ def train_tier_two(
     model: str | ModelFeatureSpec = "ranker",
     params: TierTwoParams | None = None,
     tolerance: float = PARITY_TOLERANCE,
+    *,
+    rows: TrainingRows = "candidates",
+    label_cut_quantiles: Sequence[float] = (0.7, 0.8, 0.9),
+    tier_one_params: TierOneParams | None = None,
+    progress: Progress = quiet,
 ) -> TierTwoModel:
-    """Point-in-time training rows from the offline store, then ``train_tier_two_frame``.
+    """Training rows from the offline store, then ``train_tier_two_frame``.
 
     Args:
         store: An open offline store with the project's events and materialized snapshots.
         settings: The settings declaring the project's model features.
         project: The project.
-        cutoff_ts: The temporal split (ms): earlier views train, later ones are held out.
+        cutoff_ts: The temporal split (ms): nothing at or after it is used.
         model: A tier-two model name of the project, or a stored spec.
         params: XGBoost settings.
         tolerance: The parity gate's largest allowed gap.
+        rows: ``candidates``: tier one's candidates at label cuts before ``cutoff_ts``
+            (``twotier.models.candidates``), the last cut's rows held out for AUC and
+            parity; ``views``: every view before/after ``cutoff_ts``, labelled smile-or-not.
+        label_cut_quantiles: The label cuts, as quantiles of the views before the cut-off.
+        tier_one_params: Settings of the tier one trained at each label cut.
+        progress: Receives one line per label cut.
 
     Raises:
-        TierTwoError, ParityError, OfflineFeaturesError: As the steps they come from.
+        TierTwoError: No training rows.
+        ParityError, OfflineFeaturesError, CandidateError: As the steps they come from.
     """
     from twotier.features.offline import training_set
+    from twotier.models.candidates import candidate_rows_before
 
     params = params or TierTwoParams()
     spec = (
@@ -251,13 +270,27 @@ def train_tier_two(
         if isinstance(model, ModelFeatureSpec)
         else settings.project_features(project).model_spec(model)
     )
-    rows = training_set(store, settings, project, spec, label_action=params.label_action)
-    if rows.empty:
-        raise TierTwoError(
-            f"project {project!r} has no view events in the offline store: load events and "
-            "materialize snapshots first"
+    if rows == "views":
+        frame = training_set(store, settings, project, spec, label_action=params.label_action)
+        split = cutoff_ts
+    else:
+        frame, split = candidate_rows_before(
+            store,
+            settings,
+            project,
+            spec,
+            cutoff_ts,
+            label_cut_quantiles,
+            tier_one_params,
+            label_action=params.label_action,
+            progress=progress,
         )
-    return train_tier_two_frame(rows, spec, cutoff_ts, params, tolerance)
+    if frame.empty:
+        raise TierTwoError(
+            f"project {project!r} gives no {rows} training rows before ts={cutoff_ts}: load "
+            "events and materialize snapshots first"
+        )
+    return train_tier_two_frame(frame, spec, split, params, tolerance)
 
 
 __all__ = [
@@ -265,6 +298,7 @@ __all__ = [
     "TierTwoModel",
     "TierTwoParams",
     "TierTwoSession",
+    "TrainingRows",
     "to_onnx",
     "train_tier_two",
     "train_tier_two_frame",
