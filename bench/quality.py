@@ -210,7 +210,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "protocol": {
             "quantiles": args.quantiles,
             "relevant": "hold-out smiles (rating >= 4) on items the user had not viewed",
-            "candidates": K,
+            "recall_at": K,
+            "candidates": "the ranker's declared mix: 200 of tier one, then 100 of recent "
+            "popularity; cold users get tier one's fallback in its order (rerank_cold: false)",
             "recent_window": "chosen per cut-off on the last "
             f"{args.validation_fraction:g} of the training views, from {args.windows} days",
             "bootstrap": "paired, 2000 resamples of (user, cut-off) pairs; [ratio, low, high]",
