@@ -357,6 +357,11 @@ def test_seen_items_are_excluded(world: World) -> None:
     assert fresh["seen_excluded"] == 0
     told = _post(world, f"/v1/{SEEN}/recommend", {"user_id": "999", "exclude": ["7"], "n": 59})
     assert "7" not in {i["item_id"] for i in told.json()["items"]}
+    # MovieLens declares a user x item group too: user 1 rated movies 1, 2 and 3.
+    movies = _post(world, f"/v1/{MAIN}/recommend", {"user_id": "1", "n": N_ITEMS}).json()
+    assert movies["seen_excluded"] == 3
+    assert not {i["item_id"] for i in movies["items"]} & {"1", "2", "3"}
+    assert len(movies["items"]) == N_ITEMS - 3
 
 
 def test_recommendations_are_logged_to_kafka(world: World) -> None:
