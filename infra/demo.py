@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import shutil
 import subprocess
 import sys
@@ -30,6 +31,7 @@ from typing import Any
 
 import httpx
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from twotier.config import Settings, load_settings
@@ -123,7 +125,8 @@ def _titled(title: str) -> Table:
 
 
 def _metric(metrics: dict[str, float], name: str) -> str:
-    return f"{metrics[name]:.4f}" if name in metrics else "n/a"
+    value = metrics.get(name)
+    return "n/a" if value is None or math.isnan(value) else f"{value:.4f}"
 
 
 def _serve(settings: Settings) -> str:
@@ -172,10 +175,17 @@ def _show_recommendations(
     console.print(table)
     for baseline in ("popularity", "recent_popularity"):
         key = f"two_tier_known_ndcg_ratio_vs_{baseline}"
+        name = baseline.replace("_", " ")
+        if _metric(metrics, key) == "n/a":
+            console.print(
+                f"[dim]known users, two tiers / {name}: n/a ({name} found nothing for "
+                "them, so there is no ratio)[/dim]"
+            )
+            continue
+        low, high = _metric(metrics, key + "_ci_low"), _metric(metrics, key + "_ci_high")
         console.print(
-            f"[dim]known users, two tiers / {baseline.replace('_', ' ')}: "
-            f"{_metric(metrics, key)}x (95% bootstrap [{_metric(metrics, key + '_ci_low')}, "
-            f"{_metric(metrics, key + '_ci_high')}])[/dim]"
+            f"[dim]known users, two tiers / {name}: {_metric(metrics, key)}x (95% bootstrap "
+            f"{escape(f'[{low}, {high}]')})[/dim]"
         )
     console.print(
         f"[dim]Recall@100 {_metric(metrics, 'two_tier_recall_at_100')} vs popularity "
