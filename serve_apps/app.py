@@ -317,18 +317,17 @@ class Ingress:
     async def recommend(self, project: str, body: RecommendRequest) -> RecommendResponse:
         """Both tiers: K candidates, seen items removed, ranked by tier two, top N."""
         features = self._project(project)
-        k = body.k or self.serving.default_k
-        self._cap("k", k)
         self._cap("exclude", len(body.exclude))
         chosen = self._route(project, features, body.user_id, body)
         model = self._tier_two_model(project, features, body.model)
+        # The ranker's declared mix: tier one's best (or the request's k), then popular.
+        mix = features.model_spec(model).model.candidates
+        k = body.k or mix.tier_one
+        self._cap("k", k + mix.popular)
         (ref1, used1), (ref2, used2) = await asyncio.gather(
             self._tier_ref(project, "tier1", TIER_ONE_MODEL, chosen),
             self._tier_ref(project, "tier2", model, chosen),
         )
-        # The ranker's declared mix: tier one's k best, then recent popularity.
-        mix = features.model_spec(model).model.candidates
-        self._cap("k", k + mix.popular)
         found = await self._call(
             self.tier_one, ref1, "candidates", body.user_id, k, list(body.exclude), mix.popular
         )

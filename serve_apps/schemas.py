@@ -61,8 +61,8 @@ class RecommendRequest(Overrides):
     k: int | None = Field(
         None,
         ge=1,
-        description="Tier-one candidates (default_k); the ranker's declared popular ones "
-        "(candidates.popular) come on top.",
+        description="Tier-one candidates (default: the ranker's declared candidates."
+        "tier_one); its declared popular ones (candidates.popular) come on top.",
     )
     model: str | None = Field(None, pattern=_NAME, description="Tier-two model (default: first).")
     exclude: list[str] = Field(default_factory=list, description="Item ids the caller knows seen.")

@@ -194,7 +194,8 @@ class ServingConfig(_Section):
     max_candidates: int = Field(1000, ge=1)
     """Candidates one tier-two request may carry; more is refused with 413."""
     default_k: int = Field(500, ge=1)
-    """Tier-one candidates per request unless the request asks for another K."""
+    """Tier-one candidates of ``/first-tier-model`` unless the request asks for another K
+    (``/recommend`` sends the ranker its declared ``candidates`` instead)."""
     feature_cache_ttl_s: float = Field(2.0, ge=0, le=60)
     """Staleness bound of the item documents a replica caches per entity (0 turns the
     cache off); users' own documents are read fresh on every request."""
