@@ -321,8 +321,10 @@ class Ingress:
         chosen = self._route(project, features, body.user_id, body)
         model = self._tier_two_model(project, features, body.model)
         # The ranker's declared mix: tier one's best (or the request's k), then popular.
+        # Unasked, the declared count is held within serving.max_candidates.
         mix = features.model_spec(model).model.candidates
-        k = body.k or mix.tier_one
+        cap = self.serving.max_candidates
+        k = body.k or max(1, min(mix.tier_one, cap - mix.popular))
         self._cap("k", k + mix.popular)
         (ref1, used1), (ref2, used2) = await asyncio.gather(
             self._tier_ref(project, "tier1", TIER_ONE_MODEL, chosen),
