@@ -32,7 +32,13 @@ from twotier.feature_jobs.offsets import (
     topic_offsets,
     write_start_offsets,
 )
-from twotier.features.offline import counter_amount_sql, entity_sql
+from twotier.features.offline import (
+    by_condition_sql,
+    counter_amount_sql,
+    entity_sql,
+    events_source,
+    needs_items,
+)
 from twotier.features.spec import CounterFeature, FeatureGroup, LastSeenFeature
 from twotier.naming import events_topic, online_collection
 from twotier.offline_store import OfflineStore, open_offline_store
@@ -87,6 +93,7 @@ def totals_select(
     group: FeatureGroup,
     topic: str,
     ends: Offsets | None,
+    items_table: str | None = None,
 ) -> tuple[str, dict[str, Any], list[tuple[str, str]]]:
     """The query of every entity's raw values from the events below ``ends``.
 
@@ -97,6 +104,9 @@ def totals_select(
         topic: The topic the offsets refer to.
         ends: Per partition, only events at a lower offset count; None counts every
             event of the table (loaded by any means).
+        items_table: The qualified items table, for ``by`` counters whose value comes
+            from the item's attributes, as the streaming enrichment resolves it; None:
+            the event context only.
 
     Returns:
         The SQL, its parameters, and per stored field ``(field, kind)`` with kind
@@ -117,9 +127,12 @@ def totals_select(
         actions.append(f.action)
         is_action = f"action = {bind(f.action, 'String')}"
         if isinstance(f, CounterFeature) and f.by:
-            key = bind(f.by, "String")
+            by = f.by
             parts = [
-                (f"{f.name}__{v}", f"{is_action} AND context[{key}] = {bind(v, 'String')}")
+                (
+                    f"{f.name}__{v}",
+                    f"{is_action} AND " + by_condition_sql(by, v, bind, items_table is not None),
+                )
                 for v in f.values
             ]
         else:
@@ -145,8 +158,7 @@ def totals_select(
           )"""
     sql = f"""
         SELECT {entity_sql(group.entity)} AS entity_id, {", ".join(columns)}
-        FROM {events_table} FINAL
-        WHERE {where}
+        FROM {events_source(events_table, items_table, where)}
         GROUP BY entity_id
         ORDER BY entity_id
     """
@@ -157,8 +169,18 @@ def group_totals(
     store: OfflineStore, project: str, group: FeatureGroup, topic: str, ends: Offsets
 ) -> dict[str, dict[str, float]]:
     """Per entity, the raw values of ``group`` the events below ``ends`` give (fed fields only)."""
+    items = (
+        store.table(project, "items")
+        if needs_items(group) and store.has_table(project, "items")
+        else None
+    )
     sql, params, fields = totals_select(
-        store.table(project, "events"), store.table(project, EVENT_OFFSETS), group, topic, ends
+        store.table(project, "events"),
+        store.table(project, EVENT_OFFSETS),
+        group,
+        topic,
+        ends,
+        items,
     )
     frame = store.query_df(sql, params)
     docs: dict[str, dict[str, float]] = {}
@@ -178,7 +200,7 @@ def group_totals(
 def _groups(settings: Settings, project: str, names: Sequence[str] | None) -> list[FeatureGroup]:
     features = settings.project_features(project)
     if names is None:
-        return [g for g in features.feature_groups if g.online]
+        return [g for g in features.feature_groups if g.from_events(online=True)]
     chosen = []
     for name in names:
         try:
@@ -188,6 +210,11 @@ def _groups(settings: Settings, project: str, names: Sequence[str] | None) -> li
         if not group.online:
             raise ImportJobError(
                 f"feature group {group.key!r} of {project!r} is offline only: nothing to import"
+            )
+        if group.static:
+            raise ImportJobError(
+                f"feature group {group.key!r} of {project!r} holds item attributes, read from "
+                "the item data: no event feeds it, so there is nothing to import"
             )
         chosen.append(group)
     return chosen

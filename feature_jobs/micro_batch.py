@@ -90,7 +90,9 @@ def online_groups(settings: Settings, project: str) -> list[FeatureGroup]:
     Raises:
         ConfigError: The project is not declared.
     """
-    return [g for g in settings.project_features(project).feature_groups if g.online]
+    return [
+        g for g in settings.project_features(project).feature_groups if g.from_events(online=True)
+    ]
 
 
 def parse_record(

@@ -324,7 +324,9 @@ def _refresh_snapshots(
     store: Any, settings: Settings, project: str, stats: OfflineRunStats, progress: Progress
 ) -> dict[str, int]:
     """Rebuild the snapshot tables when events were added or a table is missing."""
-    groups = [g for g in settings.project_features(project).feature_groups if g.offline]
+    groups = [
+        g for g in settings.project_features(project).feature_groups if g.from_events(offline=True)
+    ]
     missing = [g.key for g in groups if not store.has_table(project, g.key)]
     if not groups or (stats.inserted == 0 and not missing):
         return {}

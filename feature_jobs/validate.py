@@ -351,7 +351,7 @@ def run_validation(
             if "online" in checks:
                 with connect(settings) as online:
                     for group in features.feature_groups:
-                        if group.online:
+                        if group.from_events(online=True):
                             results.append(
                                 check_online_matches_offline(
                                     online, offline, project, group, tolerance

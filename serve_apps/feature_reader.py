@@ -28,10 +28,10 @@ from twotier.features.online import (
     RequestValue,
     assemble_matrix,
     check_matrix_request,
+    online_source,
     read_ids,
 )
 from twotier.features.spec import CounterFeature, FeatureGroup, ModelFeatureSpec
-from twotier.naming import online_collection
 from twotier.online_store import OnlineStoreError, Read
 from twotier.serve_apps.entity_cache import DEFAULT_MAX_ENTRIES, EntityCache, namespace
 
@@ -199,8 +199,7 @@ class FeatureReader:
         now: float,
     ) -> _GroupPlan:
         """What one group needs: item groups consult the cache, the others read fresh."""
-        collection = online_collection(project, group.key)
-        fields = group.stored_fields()
+        collection, fields = online_source(project, group)
         ids = read_ids(group, user_id, candidates)
         if group.entity != "item" or not self.cache.enabled:
             return _GroupPlan(ids, Read(collection, list(dict.fromkeys(ids)), fields))

@@ -3,6 +3,7 @@
 ``make_project_assets(project)`` is what ``definitions.py`` asks for: every asset and
 asset check of one project, keyed ``<project>/<asset>``::
 
+    items_offline ─────────────────────┐
     events_offline ──(data checks)──► feature_snapshots ──► training_set_tier2_<model> ─┐
           │                                                 (monthly partitions)        │
           └──► training_set_tier1 (monthly partitions) ──► tier1_candidates ──► tier2_<model>
@@ -19,6 +20,7 @@ from twotier.naming import check_project
 from twotier.pipelines.assets.features.feature_snapshots import make_feature_snapshots
 from twotier.pipelines.assets.ingest.events_checks import make_events_checks
 from twotier.pipelines.assets.ingest.events_offline import make_events_offline
+from twotier.pipelines.assets.ingest.items_offline import make_items_offline
 from twotier.pipelines.assets.keys import tier_two_models
 from twotier.pipelines.assets.models.tier1_candidates import make_tier_one_model
 from twotier.pipelines.assets.models.tier2_model import make_tier_two_model
@@ -59,6 +61,7 @@ def make_project_assets(
     assets: list[Any] = [
         make_events_offline(project),
         make_events_checks(project, features),
+        make_items_offline(project, features),
         make_feature_snapshots(project, features),
         make_training_set_tier_one(project, partitions),
         *(make_training_set_tier_two(project, features, m, partitions) for m in models),

@@ -3,7 +3,7 @@
 Every key is ``[<project>, <name>]`` (``twotier.naming.asset_prefix``); names say what
 the asset holds, and model assets mirror the registered model names::
 
-    events_offline, feature_snapshots,
+    events_offline, items_offline, feature_snapshots,
     training_set_tier1, training_set_tier2_<model>, experiment_training_sets,
     tier1_candidates, tier2_<model>, promotion
 """
@@ -19,6 +19,7 @@ TIER_ONE_MODEL = "candidates"
 """The tier-one model of every project: ``<project>.tier1.candidates``."""
 
 EVENTS_OFFLINE = "events_offline"
+ITEMS_OFFLINE = "items_offline"
 FEATURE_SNAPSHOTS = "feature_snapshots"
 TRAINING_SET_TIER_ONE = "training_set_tier1"
 EXPERIMENT_TRAINING_SETS = "experiment_training_sets"

@@ -3,11 +3,12 @@
 Item data lives in the online store collection ``naming.online_collection(project,
 "content")``, one document per item, written with upserts (loading twice is a no-op)::
 
-    {"_id": "31", "title": "Dangerous Minds (1995)", "genres": ["Drama"]}
+    {"_id": "31", "title": "Dangerous Minds (1995)", "genres": ["Drama"], "year": "1995"}
     {"_id": "m17", "content_type": "gif"}
 
 ``movielens_items`` reads MovieLens ``movies.csv``; ``twotier.generate`` makes the
-items of the synthetic meme feed.
+items of the synthetic meme feed. ``all_items`` reads a project's items back, e.g. for
+the ``items_offline`` asset that copies them into the offline store's items table.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ CONTENT_GROUP = "content"
 NO_GENRES = "(no genres listed)"
 """How MovieLens marks a movie without genres; loaded as an empty list."""
 
+_YEAR = re.compile(r"\((\d{4})\)\s*$")
+"""A MovieLens title's release year: ``Heat (1995)``."""
 _ATTRIBUTE = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,63}$")
 # FerretDB v1 keeps one SQLite connection per filtered update until the command ends
 # (pool of 100), so upserts go in commands of at most this many statements.
@@ -62,7 +65,8 @@ class Item(BaseModel):
 
 
 def movielens_items(dataset_dir: Path) -> list[Item]:
-    """The movies of ``dataset_dir/movies.csv`` with ``title`` and ``genres`` (a list).
+    """The movies of ``dataset_dir/movies.csv`` with ``title``, ``genres`` (a list) and
+    ``year`` (from the title's ``(1995)``; absent when the title has none).
 
     Raises:
         FileNotFoundError: ``movies.csv`` is missing.
@@ -76,12 +80,14 @@ def movielens_items(dataset_dir: Path) -> list[Item]:
         for line, row in enumerate(csv.DictReader(f), start=2):
             try:
                 genres = [] if row["genres"] == NO_GENRES else row["genres"].split("|")
-                items.append(
-                    Item(
-                        item_id=str(int(row["movieId"])),
-                        attributes={"title": row["title"], "genres": genres},
-                    )
-                )
+                attributes: dict[str, str | list[str]] = {
+                    "title": row["title"],
+                    "genres": genres,
+                }
+                year = _YEAR.search(row["title"])
+                if year:
+                    attributes["year"] = year.group(1)
+                items.append(Item(item_id=str(int(row["movieId"])), attributes=attributes))
             except (KeyError, TypeError, ValueError, AttributeError) as exc:
                 raise ItemDataError(f"{path}:{line}: not a MovieLens movie row: {row}") from exc
     return items
@@ -182,3 +188,45 @@ def read_items(settings: Settings, project: str, item_ids: Sequence[str]) -> dic
         )
         for doc in docs
     }
+
+
+def all_items(settings: Settings, project: str, batch_size: int = 5_000) -> list[Item]:
+    """Every item of the project's ``content`` collection, in id order.
+
+    Reads in pages of ``batch_size`` ids (``_id > last``), so a large catalogue is never
+    one response. Attribute values that are neither strings nor lists of strings (a
+    number written by another tool) are kept as strings.
+
+    Raises:
+        ItemDataError: The online store is unreachable.
+    """
+    from pymongo.errors import PyMongoError
+
+    collection_name = online_collection(project, CONTENT_GROUP)
+    client = _client(settings)
+    items: list[Item] = []
+    try:
+        collection = client[settings.online_store.database][collection_name]
+        last: Any = None
+        while True:
+            query = {} if last is None else {"_id": {"$gt": last}}
+            docs = list(collection.find(query).sort("_id", 1).limit(batch_size))
+            for doc in docs:
+                items.append(Item(item_id=str(doc["_id"]), attributes=_attributes(doc)))
+            if len(docs) < batch_size:
+                break
+            last = docs[-1]["_id"]
+    except PyMongoError as exc:
+        raise ItemDataError(f"cannot read item data from {collection_name!r}: {exc}") from exc
+    finally:
+        client.close()
+    return items
+
+
+def _attributes(doc: dict[str, Any]) -> dict[str, str | list[str]]:
+    out: dict[str, str | list[str]] = {}
+    for name, value in doc.items():
+        if name.startswith("_") or not _ATTRIBUTE.match(name) or value is None:
+            continue
+        out[name] = [str(v) for v in value] if isinstance(value, list | tuple) else str(value)
+    return out

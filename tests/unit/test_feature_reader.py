@@ -50,7 +50,7 @@ PROJECT = "p"
 class MemoryStore(OnlineStore):
     """Documents in dicts; records the reads of every ``get_groups`` call; can go down."""
 
-    def __init__(self, docs: Mapping[str, Mapping[str, dict[str, float]]]) -> None:
+    def __init__(self, docs: Mapping[str, Mapping[str, dict[str, Any]]]) -> None:
         self.docs = {collection: dict(by_id) for collection, by_id in docs.items()}
         self.calls: list[list[Read]] = []
         self.down = False
@@ -117,7 +117,8 @@ class MemoryStore(OnlineStore):
 USERS = online_collection(PROJECT, "user_stats_v1")
 ITEMS = online_collection(PROJECT, "item_stats_v1")
 PAIRS = online_collection(PROJECT, "user_item_v1")
-DOCS: dict[str, dict[str, dict[str, float]]] = {
+CONTENT = online_collection(PROJECT, "content")  # item data: the memes' item_attrs group
+DOCS: dict[str, dict[str, dict[str, Any]]] = {
     USERS: {"1": {"views": 10.0, "smiles": 4.0}, "2": {"views": 3.0, "dislikes": 1.0}},
     ITEMS: {
         "a": {"views": 7.0, "smiles": 2.0, "shares": 1.0, "last_view_ts": NOW_MS - 5000.0},
@@ -126,6 +127,7 @@ DOCS: dict[str, dict[str, dict[str, float]]] = {
         "d": {"views": 2.0},
     },
     PAIRS: {"1|a": {"views": 2.0, "last_view_ts": NOW_MS - 1000.0}},
+    CONTENT: {"a": {"content_type": "gif"}, "b": {"content_type": "video"}},
 }
 
 
@@ -195,12 +197,18 @@ def test_one_get_groups_call_per_request_and_user_item_documents_are_never_cache
     for n in range(4):
         _read(reader, "1", ["a", "b"], MEMES, {"position": 1.0})
         assert len(store.calls) == n + 1
-    assert store.ids_read(0) == {USERS: ["1"], ITEMS: ["a", "b"], PAIRS: ["1|a", "1|b"]}
+    assert store.ids_read(0) == {
+        USERS: ["1"],
+        ITEMS: ["a", "b"],
+        PAIRS: ["1|a", "1|b"],
+        CONTENT: ["a", "b"],
+    }
     assert store.ids_read(-1) == {USERS: ["1"], PAIRS: ["1|a", "1|b"]}  # fresh per user
     repeated = _read(reader, "1", ["a", "a", "b"], MEMES)  # read once, two rows
     assert store.ids_read() == {USERS: ["1"], PAIRS: ["1|a", "1|b"]}
-    assert repeated.cache_hits == 2 and repeated.matrix.shape[0] == 3
-    assert len(reader.cache) == 2
+    # Two item groups (counters and item data), two distinct items each.
+    assert repeated.cache_hits == 4 and repeated.matrix.shape[0] == 3
+    assert len(reader.cache) == 4
 
 
 @pytest.mark.parametrize("spec", [MOVIELENS, MEMES], ids=["movielens", "memes"])
@@ -213,12 +221,16 @@ def test_the_matrix_is_matrix_for_spec_cold_and_warm(
     expected = features.matrix_for_spec(spec, PROJECT, "1", candidates, request, NOW_MS)
     cold = _read(reader, "1", candidates, spec, request)
     warm = _read(reader, "1", candidates, spec, request)
-    assert not cold.degraded and not warm.degraded and warm.cache_hits == 4
+    item_groups = sum(g.entity == "item" for g in spec.groups)
+    assert not cold.degraded and not warm.degraded and warm.cache_hits == 4 * item_groups
     np.testing.assert_array_equal(cold.matrix, expected)
     np.testing.assert_array_equal(warm.matrix, expected)
     groups: list[list[Doc]] = [[DOCS[USERS]["1"]], [DOCS[ITEMS].get(c) for c in candidates]]
     if spec is MEMES:
         groups.append([DOCS[PAIRS].get(f"1|{c}") for c in candidates])
+        groups.append([DOCS[CONTENT].get(c) for c in candidates])
+        gif = spec.columns().index("item_attrs.content_type__gif")
+        assert warm.matrix[:, gif].tolist() == [0, 0, 1, 0, 1]  # b video, zz/c unknown
     np.testing.assert_array_equal(
         warm.matrix, assemble_matrix(spec, groups, len(candidates), request, NOW_MS)
     )
@@ -403,10 +415,11 @@ def test_host_metrics_count_hits_misses_entries_and_staleness(
 
 
 def test_seen_mask_reads_user_item_counters() -> None:
-    docs: list[list[dict[str, float] | None]] = [
+    docs: list[list[dict[str, Any] | None]] = [
         [{"views": 1.0}],
         [None, None, None],
         [{"views": 2.0}, None, {"views": 0.0}],
+        [{"content_type": "gif"}, None, None],  # item data: no effect on the mask
     ]
     matrix = assemble_matrix(MEMES, docs, 3, {"position": 1.0}, now_ms=0)
     assert seen_mask(MEMES, matrix).tolist() == [True, False, False]

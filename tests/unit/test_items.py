@@ -18,7 +18,16 @@ def test_movielens_items_carry_title_and_genre_lists() -> None:
     assert items["1"].attributes == {
         "title": "Toy Story (1995)",
         "genres": ["Adventure", "Animation", "Children", "Comedy", "Fantasy"],
+        "year": "1995",
     }
+    # The year comes from the title's trailing "(1995)"; a few titles have none.
+    no_year = [i for i in items.values() if "year" not in i.attributes]
+    assert 0 < len(no_year) < 50
+    assert all(
+        1900 <= int(i.attributes["year"]) <= 2030
+        for i in items.values()  # type: ignore[arg-type]
+        if "year" in i.attributes
+    )
     no_genres = [i for i in items.values() if i.attributes["genres"] == []]
     assert no_genres, "MovieLens has movies with '(no genres listed)'"
 

@@ -168,6 +168,7 @@ def test_project_graph_keys_checks_and_pools() -> None:
         f"movielens/{name}"
         for name in (
             "events_offline",
+            "items_offline",
             "feature_snapshots",
             "training_set_tier1",
             "training_set_tier2_ranker",
@@ -188,6 +189,11 @@ def test_project_graph_keys_checks_and_pools() -> None:
         "movielens/tier1_candidates:parity",
         "movielens/events_offline:events_ts_range",
     } <= blocking
+    snapshots = defs.resolve_assets_def(dg.AssetKey(["movielens", "feature_snapshots"]))
+    assert snapshots.asset_deps[snapshots.key] == {
+        dg.AssetKey(["movielens", "events_offline"]),
+        dg.AssetKey(["movielens", "items_offline"]),
+    }
     promotion = defs.resolve_assets_def(dg.AssetKey(["movielens", "promotion"]))
     assert promotion.asset_deps[promotion.key] == {
         dg.AssetKey(["movielens", "tier1_candidates"]),

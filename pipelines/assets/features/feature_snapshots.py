@@ -7,6 +7,7 @@ from twotier.features.offline import materialize_snapshots
 from twotier.features.spec import ProjectFeatures
 from twotier.naming import offline_table
 from twotier.pipelines.assets.ingest.events_offline import events_offline_key
+from twotier.pipelines.assets.ingest.items_offline import items_offline_key
 from twotier.pipelines.assets.keys import FEATURE_SNAPSHOTS, asset_key, group_name
 from twotier.pipelines.assets.partitions import SINGLE_RUN
 from twotier.pipelines.resources import OfflineStoreResource
@@ -19,11 +20,12 @@ def make_feature_snapshots(project: str, features: ProjectFeatures) -> dg.Assets
     Each table is rebuilt from all events and swapped in atomically, so training sets
     read either the old or the new snapshots, never a half-built table.
     """
-    groups = [g for g in features.feature_groups if g.offline]
+    groups = [g for g in features.feature_groups if g.from_events(offline=True)]
 
     @dg.asset(
         key=asset_key(project, FEATURE_SNAPSHOTS),
-        deps=[events_offline_key(project)],
+        # Items: `by` counters resolved from an item's attributes (a movie's genres).
+        deps=[events_offline_key(project), items_offline_key(project)],
         group_name=group_name(project, "features"),
         kinds={"clickhouse"},
         pool=OFFLINE_STORE_POOL,

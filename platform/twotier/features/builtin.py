@@ -53,6 +53,42 @@ _MEAN_RATING = {
     "prior_weight": 5,
 }
 
+GENRES = (
+    "Action",
+    "Adventure",
+    "Animation",
+    "Children",
+    "Comedy",
+    "Crime",
+    "Documentary",
+    "Drama",
+    "Fantasy",
+    "Film-Noir",
+    "Horror",
+    "IMAX",
+    "Musical",
+    "Mystery",
+    "Romance",
+    "Sci-Fi",
+    "Thriller",
+    "War",
+    "Western",
+)
+"""MovieLens genres, in the stable column order of the genre features."""
+
+
+def _by_genre(name: str, action: str) -> dict[str, Any]:
+    # Counted per genre of the movie (its item data), resolved when the event is written.
+    return {
+        "name": name,
+        "kind": "counter",
+        "action": action,
+        "by": "genre",
+        "values": list(GENRES),
+        "column": False,
+    }
+
+
 MOVIELENS: dict[str, Any] = {
     "feature_groups": [
         _stats("user", "user_stats", [*_RATING]),
@@ -62,13 +98,50 @@ MOVIELENS: dict[str, Any] = {
             "entity": "user_item",
             "features": [{"name": "views", "kind": "counter", "action": "view"}],
         },
+        {
+            # A user's views and smiles per genre: read only through the affinities below.
+            "name": "user_genres",
+            "entity": "user",
+            "features": [
+                _by_genre("views_by_genre", "view"),
+                _by_genre("smiles_by_genre", "smile"),
+            ],
+        },
+        {
+            # Static: the movie's genres (multi-hot) and release year, from movies.csv.
+            "name": "item_attrs",
+            "entity": "item",
+            "features": [
+                {"name": "genre", "kind": "attribute", "attribute": "genres", "values": GENRES},
+                {"name": "year", "kind": "attribute", "attribute": "year", "default": 0},
+            ],
+        },
     ],
     "models": [
         {
             "name": "ranker",
             "tier": "tier2",
             # user_item: a user's past views of a candidate, so serving drops seen movies.
-            "feature_groups": ["user_stats", "item_stats", "user_item"],
+            "feature_groups": [
+                "user_stats",
+                "item_stats",
+                "user_item",
+                "user_genres",
+                "item_attrs",
+            ],
+            # Of a user's views (smiles), the share in the candidate's genres.
+            "affinities": [
+                {
+                    "name": "genre_view_share",
+                    "user": "user_genres.views_by_genre",
+                    "item": "item_attrs.genre",
+                },
+                {
+                    "name": "genre_smile_share",
+                    "user": "user_genres.smiles_by_genre",
+                    "item": "item_attrs.genre",
+                },
+            ],
             # Filled per candidate by the platform, the same way in training and serving.
             "request_features": [
                 {"name": "tier1_score", "default": 0.0},
@@ -132,12 +205,31 @@ MEMES: dict[str, Any] = {
                 {"name": "last_view_ts", "kind": "last_seen", "action": "view"},
             ],
         },
+        {
+            "name": "item_attrs",
+            "entity": "item",
+            "features": [
+                {
+                    "name": "content_type",
+                    "kind": "attribute",
+                    "attribute": "content_type",
+                    "values": list(CONTENT_TYPES),
+                }
+            ],
+        },
     ],
     "models": [
         {
             "name": "ranker",
             "tier": "tier2",
-            "feature_groups": ["user_stats", "item_stats", "user_item"],
+            "feature_groups": ["user_stats", "item_stats", "user_item", "item_attrs"],
+            "affinities": [
+                {
+                    "name": "type_smile_share",
+                    "user": "user_stats.smiles_by_type",
+                    "item": "item_attrs.content_type",
+                }
+            ],
             "request_features": [{"name": "position", "default": 0}],
         },
     ],

@@ -35,7 +35,7 @@ import pandas as pd
 from twotier.config import Settings
 from twotier.errors import TwotierError
 from twotier.features.aggregate import PAIR_SEPARATOR
-from twotier.features.derive import group_matrix, raw_defaults
+from twotier.features.derive import affinity_matrix, group_matrix, raw_defaults, static_arrays
 from twotier.features.spec import (
     CounterFeature,
     Entity,
@@ -93,6 +93,48 @@ def _quote(name: str) -> str:
     return f"`{name}`"
 
 
+ITEM_ATTRIBUTES_COLUMN = "_item"
+"""The joined item attributes (``Map(String, Array(String))``) in ``events_source``."""
+
+
+def needs_items(group: FeatureGroup) -> bool:
+    """True when the group has a ``by`` counter, which may read item attributes."""
+    return any(isinstance(f, CounterFeature) and f.by for f in group.raw_features())
+
+
+def by_condition_sql(by: str, value: str, bind: Callable[[Any, str], str], items: bool) -> str:
+    """SQL that is true when an event's ``by`` value is (or includes) ``value``.
+
+    As the online enrichment (``feature_jobs.enrich.by_values``): the event's
+    ``context[by]`` when it has one, else the item's attribute ``by``, else its plural
+    (``genre`` -> ``genres``), a list attribute matching each of its values. Without
+    ``items`` (no item data joined) only the context counts.
+    """
+    key, wanted = bind(by, "String"), bind(value, "String")
+    if not items:
+        return f"context[{key}] = {wanted}"
+    plural, item = bind(f"{by}s", "String"), ITEM_ATTRIBUTES_COLUMN
+    return (
+        f"if(mapContains(context, {key}), context[{key}] = {wanted}, "
+        f"has(if(mapContains({item}, {key}), {item}[{key}], {item}[{plural}]), {wanted}))"
+    )
+
+
+def events_source(events_table: str, items_table: str | None, where: str) -> str:
+    """``FROM`` clause of the events matching ``where``, with item attributes if asked.
+
+    With ``items_table`` each event carries its item's attributes as ``_item`` (an
+    empty map for an item without data).
+    """
+    if items_table is None:
+        return f"{events_table} FINAL WHERE {where}"
+    return (
+        f"(SELECT * FROM {events_table} FINAL WHERE {where}) AS ev "
+        f"LEFT JOIN (SELECT item_id, attributes AS {ITEM_ATTRIBUTES_COLUMN} "
+        f"FROM {items_table} FINAL) AS it USING (item_id)"
+    )
+
+
 class _Params:
     """Server-side bound parameters ``{p<n>:Type}`` collected while building SQL."""
 
@@ -106,7 +148,10 @@ class _Params:
 
 
 def snapshot_select(
-    events_table: str, group: FeatureGroup, since_ts: int | None = None
+    events_table: str,
+    group: FeatureGroup,
+    since_ts: int | None = None,
+    items_table: str | None = None,
 ) -> tuple[str, dict[str, Any]]:
     """The query computing a group's snapshot rows from the events table.
 
@@ -115,6 +160,8 @@ def snapshot_select(
         group: The feature group.
         since_ts: Only rows with ``ts >= since_ts`` (their values still count every
             earlier event); None for all rows.
+        items_table: The qualified items table, for ``by`` counters whose value comes
+            from the item's attributes (``by_condition_sql``); None: the context only.
 
     Returns:
         The SQL and its bound parameters; the columns are ``SNAPSHOT_KEY`` then
@@ -131,9 +178,13 @@ def snapshot_select(
         if isinstance(f, LastSeenFeature):
             parts = [(f.name, is_action)]
         elif f.by:
-            key = params.add(f.by, "String")
+            by = f.by
             parts = [
-                (f"{f.name}__{v}", f"{is_action} AND context[{key}] = {params.add(v, 'String')}")
+                (
+                    f"{f.name}__{v}",
+                    f"{is_action} AND "
+                    + by_condition_sql(by, v, params.add, items_table is not None),
+                )
                 for v in f.values
             ]
         else:
@@ -171,8 +222,7 @@ def snapshot_select(
             SELECT entity_id, ts, {", ".join(running)}
             FROM (
                 SELECT {entity} AS entity_id, ts, {", ".join(per_ts)}
-                FROM {events_table} FINAL
-                WHERE {" AND ".join(where)}
+                FROM {events_source(events_table, items_table, " AND ".join(where))}
                 GROUP BY entity_id, ts
             )
             WINDOW w AS (
@@ -264,6 +314,12 @@ def materialize_snapshots(
         OfflineStoreError: The engine refused.
     """
     _check_offline(group)
+    if group.static:
+        raise OfflineFeaturesError(
+            f"feature group {group.key!r} holds item attributes: it has no snapshots "
+            "(training sets read the items table; load item data with the items_offline "
+            "asset or store.insert_items)"
+        )
     if not store.has_table(project, "events"):
         raise OfflineFeaturesError(
             f"project {project!r} has no events table in the offline store: call "
@@ -271,9 +327,14 @@ def materialize_snapshots(
         )
     events = store.table(project, "events")
     target = store.table(project, group.key)
+    items = (
+        store.table(project, "items")
+        if needs_items(group) and store.has_table(project, "items")
+        else None
+    )
     if since_ts is not None and _snapshot_columns(store, project, group) is not None:
         _check_snapshot_table(store, project, group)
-        sql, params = snapshot_select(events, group, since_ts)
+        sql, params = snapshot_select(events, group, since_ts, items)
         written = int(store.query_df(f"SELECT count() AS n FROM ({sql})", params)["n"].iloc[0])
         if written:
             store.command(f"INSERT INTO {target} {sql}", params)
@@ -281,7 +342,7 @@ def materialize_snapshots(
         return written
 
     build = store.table(project, f"{group.key}__build_{uuid.uuid4().hex[:12]}")
-    sql, params = snapshot_select(events, group)
+    sql, params = snapshot_select(events, group, items_table=items)
     store.command(snapshot_ddl(build, group))
     try:
         store.command(f"INSERT INTO {build} {sql}", params)
@@ -304,7 +365,9 @@ def materialize_all_snapshots(
     Returns:
         Rows written per group key (``<name>_v<version>``).
     """
-    groups = [g for g in settings.project_features(project).feature_groups if g.offline]
+    groups = [
+        g for g in settings.project_features(project).feature_groups if g.from_events(offline=True)
+    ]
     return {g.key: materialize_snapshots(store, project, g, since_ts) for g in groups}
 
 
@@ -389,10 +452,51 @@ def _check_entity_df(entity_df: pd.DataFrame, label: str | None) -> None:
         )
 
 
+def _join_items(
+    store: OfflineStore, project: str, group: FeatureGroup, rows: str, n: int
+) -> dict[str, np.ndarray]:
+    """A static group's fields for each row's item, from the items table (as now)."""
+    attributes = group.source_attributes()
+    if not store.has_table(project, "items"):
+        return static_arrays(group, [None] * n)
+    items = store.table(project, "items")
+    selected = ", ".join(
+        f"i.attributes[{{a{k}:String}}] AS {_quote(name)}" for k, name in enumerate(attributes)
+    )
+    joined = store.query_df(
+        f"""
+        SELECT e._row AS _row, i.item_id != '' AS _known, {selected}
+        FROM {rows} AS e
+        LEFT JOIN (
+            SELECT item_id, attributes FROM {items} FINAL
+            WHERE item_id IN (SELECT DISTINCT item_id FROM {rows})
+        ) AS i
+        ON e.item_id = i.item_id
+        ORDER BY _row
+        SETTINGS join_use_nulls = 0
+        """,
+        {f"a{k}": name for k, name in enumerate(attributes)},
+    )
+    if len(joined) != n:
+        raise OfflineFeaturesError(
+            f"item join of {group.key!r} returned {len(joined)} rows for {n}: "
+            "the offline store lost rows; retry"
+        )
+    columns = {name: joined[name].tolist() for name in attributes}
+    known = joined["_known"].tolist()
+    docs = [
+        {name: list(columns[name][k]) for name in attributes} if known[k] else None
+        for k in range(n)
+    ]
+    return static_arrays(group, docs)
+
+
 def _join_group(
     store: OfflineStore, project: str, group: FeatureGroup, rows: str, n: int
 ) -> dict[str, np.ndarray]:
     """The group's raw fields strictly before each row's time (defaults when none)."""
+    if group.static:
+        return _join_items(store, project, group, rows, n)
     fields = group.stored_fields()
     key = {"user": "user_id", "item": "item_id", "user_item": "pair_id"}[group.entity]
     snapshot = store.table(project, group.key)
@@ -471,7 +575,8 @@ def historical_features(
     ts = _ts_column(entity_df)
     for group in spec.groups:
         _check_offline(group)
-        _check_snapshot_table(store, project, group)
+        if not group.static:
+            _check_snapshot_table(store, project, group)
 
     n = len(entity_df)
     blocks: list[np.ndarray] = []
@@ -494,13 +599,18 @@ def historical_features(
         )
         try:
             store.insert_frame(rows, frame)
+            raws = []
             for group in spec.groups:
                 raw = _join_group(store, project, group, rows, n)
+                raws.append(raw)
                 blocks.append(group_matrix(group, raw, now_ms=ts.astype(np.float64)))
+            if spec.model.affinities:
+                blocks.append(affinity_matrix(spec, raws, n))
         finally:
             store.command(f"DROP TABLE IF EXISTS {rows}")
     else:
         blocks = [np.zeros((0, len(g.columns()))) for g in spec.groups]
+        blocks.append(np.zeros((0, len(spec.model.affinities))))
     blocks.extend(
         _request_column(entity_df, r.name, r.default)[:, None] for r in spec.model.request_features
     )

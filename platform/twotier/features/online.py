@@ -35,8 +35,9 @@ from twotier.closing import Closing
 from twotier.config import Settings
 from twotier.events import Event
 from twotier.features.aggregate import aggregate, entity_id
-from twotier.features.derive import group_matrix, raw_arrays
+from twotier.features.derive import affinity_matrix, group_matrix, raw_arrays
 from twotier.features.spec import FeatureGroup, ModelFeatureSpec
+from twotier.items import CONTENT_GROUP
 from twotier.naming import online_collection
 from twotier.online_store import ApplyResult, OnlineStore, connect
 
@@ -71,6 +72,22 @@ def read_ids(group: FeatureGroup, user_id: str, candidates: Sequence[str]) -> li
     if group.entity == "user":
         return [user_id]
     return [entity_id(group.entity, user_id, c) for c in candidates]
+
+
+def online_source(project: str, group: FeatureGroup) -> tuple[str, list[str]]:
+    """Where a group is read online: its collection and the fields to fetch.
+
+    A static group (item attributes) reads the attribute fields of the project's item data
+    (the ``content`` collection); any other group its own collection's stored fields.
+
+    Example:
+        >>> from twotier.features.builtin import builtin_projects
+        >>> online_source("movielens", builtin_projects()["movielens"].group("item_attrs"))
+        ('movielens__content', ['genres', 'year'])
+    """
+    if group.static:
+        return online_collection(project, CONTENT_GROUP), group.source_attributes()
+    return online_collection(project, group.key), group.stored_fields()
 
 
 def check_matrix_request(spec: ModelFeatureSpec, user_id: str, candidates: Sequence[str]) -> None:
@@ -134,13 +151,18 @@ def assemble_matrix(
         >>> user = [{"views": 4, "smiles": 2}]
         >>> items = [{"views": 10}, None]
         >>> pairs = [None, None]
-        >>> x = assemble_matrix(spec, [user, items, pairs], 2, {"tier1_rank": [0, 1]}, 0)
+        >>> genres = [{"views_by_genre__Drama": 3}]  # user_genres
+        >>> attrs = [{"genres": ["Drama"], "year": "1995"}, None]  # item_attrs: item data
+        >>> docs = [user, items, pairs, genres, attrs]
+        >>> x = assemble_matrix(spec, docs, 2, {"tier1_rank": [0, 1]}, 0)
         >>> x.shape
-        (2, 18)
+        (2, 40)
         >>> x[:, 0].tolist()  # user_stats.views, broadcast
         [4.0, 4.0]
         >>> x[:, 6].tolist()  # item_stats.views; the unknown item gets the default 0
         [10.0, 0.0]
+        >>> x[:, spec.columns().index("affinity.genre_view_share")].tolist()
+        [1.0, 0.0]
         >>> x[:, -2].tolist()  # request.tier1_rank, one per candidate
         [0.0, 1.0]
     """
@@ -158,16 +180,23 @@ def assemble_matrix(
             f"(its request features: {names})"
         )
     now = time.time() * 1000.0 if now_ms is None else float(now_ms)
-    width = sum(len(g.columns()) for g in spec.groups) + len(names)
+    width = len(spec.columns())
     out = np.empty((n_rows, width), dtype=np.float32)
     col = 0
+    raws = []
     for group, docs in zip(spec.groups, group_docs, strict=True):
         if len(docs) not in (1, n_rows):
             raise ValueError(
                 f"feature group {group.name!r}: got {len(docs)} documents for {n_rows} rows "
                 "(give one per row, or one to broadcast)"
             )
-        block = group_matrix(group, raw_arrays(group, docs), now)
+        raw = raw_arrays(group, docs)
+        raws.append(raw)
+        block = group_matrix(group, raw, now)
+        out[:, col : col + block.shape[1]] = block
+        col += block.shape[1]
+    if spec.model.affinities:
+        block = affinity_matrix(spec, raws, n_rows)
         out[:, col : col + block.shape[1]] = block
         col += block.shape[1]
     for r in spec.model.request_features:
@@ -243,7 +272,7 @@ class OnlineFeatures(Closing):
             OnlineStoreError: The store refused.
         """
         for group in self._settings.project_features(project).feature_groups:
-            if group.online:
+            if group.from_events(online=True):
                 self.store.ensure_indexes(online_collection(project, group.key))
 
     # -- writes --------------------------------------------------------------
@@ -280,7 +309,7 @@ class OnlineFeatures(Closing):
                 )
         results: dict[str, ApplyResult] = {}
         for group in self._settings.project_features(project).feature_groups:
-            if not group.online:
+            if not group.from_events(online=True):
                 continue
             updates = aggregate(group, batch)
             results[group.name] = self.store.apply_increments(
@@ -361,8 +390,7 @@ class OnlineFeatures(Closing):
         if n == 0:
             return np.empty((0, len(spec.columns())), dtype=np.float32)
         reads = [
-            (online_collection(project, g.key), read_ids(g, user_id, candidates), g)
-            for g in spec.groups
+            (*online_source(project, g), read_ids(g, user_id, candidates)) for g in spec.groups
         ]
         if self._pool is not None and len(reads) > 1:
             futures = [self._pool.submit(self._read, *r) for r in reads[1:]]
@@ -372,7 +400,7 @@ class OnlineFeatures(Closing):
             group_docs = [self._read(*r) for r in reads]
         return assemble_matrix(spec, group_docs, n, request, now_ms)
 
-    def _read(self, collection: str, ids: list[str], group: FeatureGroup) -> list[Doc]:
-        """One round trip: the stored fields of ``ids`` in order, None where unknown."""
-        found = self.store.get_many(collection, ids, group.stored_fields())
+    def _read(self, collection: str, fields: list[str], ids: list[str]) -> list[Doc]:
+        """One round trip: ``fields`` of ``ids`` in order, None where unknown."""
+        found = self.store.get_many(collection, ids, fields)
         return [found.get(i) for i in ids]

@@ -148,8 +148,44 @@ class RecencyFeature(_Spec):
     default: float = 1e9
 
 
+class AttributeFeature(_Spec):
+    """A static item attribute from the project's item data (``twotier.items``).
+
+    With ``values`` it is **multi-hot**: one column per value, in the order of ``values``,
+    named ``<name>__<value>``, 1 when the item's ``attribute`` (a string or a list of
+    strings, e.g. a movie's ``genres``) holds the value, else 0. Without ``values`` it is
+    **numeric**: the attribute parsed as a number (the first one of a list), ``default``
+    when the item has none or it is not a number.
+
+    Attribute features live in attribute-only item groups; such a group is read from the
+    item data, online (the ``content`` collection) and offline (the ``items`` table), and
+    no event ever writes it. Attributes are static: a training row sees an item's current
+    attributes, as serving does.
+    """
+
+    kind: Literal["attribute"] = "attribute"
+    name: str = Field(pattern=NAME_PATTERN)
+    attribute: str = Field(pattern=r"^[A-Za-z][A-Za-z0-9_]{0,63}$")
+    values: tuple[str, ...] = ()
+    default: float = 0.0
+
+    @model_validator(mode="after")
+    def _distinct_values(self) -> AttributeFeature:
+        if len(set(self.values)) != len(self.values):
+            raise ValueError(f"feature {self.name!r}: a value is listed twice in `values`")
+        for value in self.values:
+            if not value or "." in value or value.startswith("$"):
+                raise ValueError(f"feature {self.name!r}: value {value!r} may not hold '.' or '$'")
+        return self
+
+    def fields(self) -> list[str]:
+        """Its columns: ``<name>__<value>`` per value, or just ``<name>``."""
+        return [f"{self.name}__{v}" for v in self.values] if self.values else [self.name]
+
+
 Feature = Annotated[
-    CounterFeature | LastSeenFeature | RateFeature | RecencyFeature, Field(discriminator="kind")
+    CounterFeature | LastSeenFeature | RateFeature | RecencyFeature | AttributeFeature,
+    Field(discriminator="kind"),
 ]
 RAW_KINDS = ("counter", "last_seen")
 
@@ -169,6 +205,13 @@ class FeatureGroup(_Spec):
 
     @model_validator(mode="after")
     def _references(self) -> FeatureGroup:
+        attributes = [f.name for f in self.features if isinstance(f, AttributeFeature)]
+        if attributes and (self.entity != "item" or len(attributes) != len(self.features)):
+            raise ValueError(
+                f"group {self.name!r}: attribute features ({attributes}) go in an item group "
+                "that holds only attribute features (they are read from the item data, not "
+                "counted from events): move them to a group of their own with entity: item"
+            )
         seen: dict[str, str] = {}
         for f in self.features:
             if f.name in seen:
@@ -205,6 +248,27 @@ class FeatureGroup(_Spec):
         """``<name>_v<version>``: the stored name; a new version is a new collection/table."""
         return f"{self.name}_v{self.version}"
 
+    @property
+    def static(self) -> bool:
+        """True for a group of item attributes: read from the item data, fed by no event."""
+        return all(isinstance(f, AttributeFeature) for f in self.features)
+
+    def from_events(self, *, online: bool | None = None, offline: bool | None = None) -> bool:
+        """True when events feed this group (kept online/offline where asked).
+
+        Writers, snapshot builders and checks use this to skip static groups.
+        """
+        if self.static:
+            return False
+        if online is not None and self.online != online:
+            return False
+        return offline is None or self.offline == offline
+
+    def source_attributes(self) -> list[str]:
+        """The item attributes a static group reads, in declaration order, once each."""
+        names = [f.attribute for f in self.features if isinstance(f, AttributeFeature)]
+        return list(dict.fromkeys(names))
+
     def raw_features(self) -> list[CounterFeature | LastSeenFeature]:
         """The features the stores keep, in declaration order."""
         return [f for f in self.features if isinstance(f, CounterFeature | LastSeenFeature)]
@@ -212,6 +276,9 @@ class FeatureGroup(_Spec):
     def stored_fields(self) -> list[str]:
         """Field names of the raw values in a stored document, in order."""
         fields: list[str] = []
+        for f in self.features:
+            if isinstance(f, AttributeFeature):
+                fields.extend(f.fields())
         for f in self.raw_features():
             if isinstance(f, CounterFeature) and f.by:
                 fields.extend(f"{f.name}__{v}" for v in f.values)
@@ -229,6 +296,8 @@ class FeatureGroup(_Spec):
         for f in self.column_features():
             if isinstance(f, CounterFeature) and f.by:
                 columns.extend(f"{f.name}__{v}" for v in f.values)
+            elif isinstance(f, AttributeFeature):
+                columns.extend(f.fields())
             else:
                 columns.append(f.name)
         return columns
@@ -261,6 +330,33 @@ class CandidateSpec(_Spec):
     popularity), not re-ranked; for rankers that know nothing more of a new user."""
 
 
+class AffinityFeature(_Spec):
+    """A user x item cross feature: the share of a user's counts that fall in an item's values.
+
+    ``user`` names a ``by`` counter of a user group (e.g. ``user_genres.views_by_genre``,
+    views per genre) and ``item`` a multi-hot attribute of an item group with the same
+    values (e.g. ``item_attrs.genre``). For a candidate the value is
+    ``sum(u[v] * i[v]) / sum(u[v])`` over the values ``v``: of the user's views, the share
+    in the candidate's genres (a Drama-Comedy view counts in both). ``default`` when the
+    user has no count yet. Computed from the stored values at read time, online and
+    offline alike (``derive.affinity_matrix``), so a counter with ``column: false`` can
+    feed it; decay cancels out of the ratio.
+    """
+
+    name: str = Field(pattern=NAME_PATTERN)
+    user: str = Field(pattern=r"^[a-z][a-z0-9_]{0,62}\.[a-z][a-z0-9_]{0,62}$")
+    """``<user group>.<by counter>``."""
+    item: str = Field(pattern=r"^[a-z][a-z0-9_]{0,62}\.[a-z][a-z0-9_]{0,62}$")
+    """``<item group>.<multi-hot attribute feature>``."""
+    default: float = 0.0
+
+    def parts(self) -> tuple[tuple[str, str], tuple[str, str]]:
+        """``((user group, counter), (item group, attribute feature))``."""
+        ug, uf = self.user.split(".")
+        ig, if_ = self.item.split(".")
+        return (ug, uf), (ig, if_)
+
+
 TIER_ONE_SCORE = "tier1_score"
 TIER_ONE_RANK = "tier1_rank"
 POPULAR_RANK = "popular_rank"
@@ -269,7 +365,7 @@ CANDIDATE_FEATURES = (TIER_ONE_SCORE, TIER_ONE_RANK, POPULAR_RANK)
 
 
 class ModelFeatures(_Spec):
-    """The input layout of one model: feature groups in order, then request features.
+    """The input layout of one model: feature groups, affinities, then request features.
 
     Request features named ``tier1_score``, ``tier1_rank`` and ``popular_rank`` are
     filled per candidate with tier one's score and rank (0 = best; an item added only for
@@ -281,6 +377,8 @@ class ModelFeatures(_Spec):
     name: str = Field(pattern=NAME_PATTERN)
     tier: Literal["tier1", "tier2"] = "tier2"
     feature_groups: tuple[str, ...] = Field(min_length=1)
+    affinities: tuple[AffinityFeature, ...] = ()
+    """User x item cross features, columns ``affinity.<name>`` after the groups' ones."""
     request_features: tuple[RequestFeature, ...] = ()
     candidates: CandidateSpec = CandidateSpec()
 
@@ -289,6 +387,9 @@ class ModelFeatures(_Spec):
         names = [r.name for r in self.request_features]
         if len(set(names)) != len(names):
             raise ValueError(f"model {self.name!r}: request features declared twice: {names}")
+        crosses = [a.name for a in self.affinities]
+        if len(set(crosses)) != len(crosses):
+            raise ValueError(f"model {self.name!r}: affinities declared twice: {crosses}")
         return self
 
     def candidate_features(self) -> list[str]:
@@ -306,9 +407,17 @@ class ModelFeatureSpec(_Spec):
     model: ModelFeatures
     groups: tuple[FeatureGroup, ...]
 
+    @model_validator(mode="after")
+    def _affinities(self) -> ModelFeatureSpec:
+        for a in self.model.affinities:
+            affinity_inputs(self, a)
+        return self
+
     def columns(self) -> list[str]:
-        """The model's input columns: ``<group>.<column>`` per group, then request features."""
+        """The model's input columns: ``<group>.<column>`` per group, ``affinity.<name>``
+        per affinity, then ``request.<name>`` per request feature."""
         cols = [f"{g.name}.{c}" for g in self.groups for c in g.columns()]
+        cols += [f"affinity.{a.name}" for a in self.model.affinities]
         return cols + [f"request.{r.name}" for r in self.model.request_features]
 
     def to_json(self) -> str:
@@ -317,6 +426,39 @@ class ModelFeatureSpec(_Spec):
     @classmethod
     def from_json(cls, data: str | bytes) -> ModelFeatureSpec:
         return cls.model_validate(json.loads(data))
+
+
+def affinity_inputs(
+    spec: ModelFeatureSpec, affinity: AffinityFeature
+) -> tuple[int, CounterFeature, int, AttributeFeature]:
+    """Where an affinity's inputs are: ``(user group index, counter, item group index,
+    attribute)`` in ``spec.groups``.
+
+    Raises:
+        ValueError: A named group is not read by the model, is of the wrong entity, lacks
+            the feature, the feature is of the wrong kind, or the value sets differ.
+    """
+    (ug, uf), (ig, if_) = affinity.parts()
+    names = [g.name for g in spec.groups]
+    where = f"model {spec.model.name!r}: affinity {affinity.name!r}"
+    for group, entity in ((ug, "user"), (ig, "item")):
+        if group not in names:
+            raise ValueError(f"{where} reads group {group!r}, which the model does not: {names}")
+        if spec.groups[names.index(group)].entity != entity:
+            raise ValueError(f"{where}: group {group!r} is not a {entity} group")
+    ui, ii = names.index(ug), names.index(ig)
+    counter = next((f for f in spec.groups[ui].features if f.name == uf), None)
+    if not isinstance(counter, CounterFeature) or not counter.by:
+        raise ValueError(f"{where}: {affinity.user!r} is not a counter with `by` and `values`")
+    attribute = next((f for f in spec.groups[ii].features if f.name == if_), None)
+    if not isinstance(attribute, AttributeFeature) or not attribute.values:
+        raise ValueError(f"{where}: {affinity.item!r} is not an attribute with `values`")
+    if set(counter.values) != set(attribute.values):
+        raise ValueError(
+            f"{where}: {affinity.user!r} counts values {sorted(counter.values)} but "
+            f"{affinity.item!r} has {sorted(attribute.values)}: declare the same values"
+        )
+    return ui, counter, ii, attribute
 
 
 # -- projects ---------------------------------------------------------------------------
@@ -345,6 +487,7 @@ class ProjectFeatures(_Spec):
                 raise ValueError(
                     f"model {m.name!r} reads unknown feature group(s) {unknown} (declared: {names})"
                 )
+            self.model_spec(m.name)  # checks its affinities
         return self
 
     def group(self, name: str) -> FeatureGroup:
