@@ -39,7 +39,7 @@ from twotier.features.offline import (
     events_source,
     needs_items,
 )
-from twotier.features.spec import CounterFeature, FeatureGroup, LastSeenFeature
+from twotier.features.spec import CounterFeature, FeatureGroup, LastSeenFeature, value_field
 from twotier.naming import events_topic, online_collection
 from twotier.offline_store import OfflineStore, open_offline_store
 from twotier.online_store import connect
@@ -130,7 +130,7 @@ def totals_select(
             by = f.by
             parts = [
                 (
-                    f"{f.name}__{v}",
+                    value_field(f.name, v),
                     f"{is_action} AND " + by_condition_sql(by, v, bind, items_table is not None),
                 )
                 for v in f.values

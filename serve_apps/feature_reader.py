@@ -31,7 +31,7 @@ from twotier.features.online import (
     online_source,
     read_ids,
 )
-from twotier.features.spec import CounterFeature, FeatureGroup, ModelFeatureSpec
+from twotier.features.spec import CounterFeature, FeatureGroup, ModelFeatureSpec, value_field
 from twotier.online_store import OnlineStoreError, Read
 from twotier.serve_apps.entity_cache import DEFAULT_MAX_ENTRIES, EntityCache, namespace
 
@@ -240,7 +240,7 @@ def seen_mask(spec: ModelFeatureSpec, matrix: np.ndarray) -> np.ndarray:
             offset = col
             for f in group.column_features():
                 names = (
-                    [f"{f.name}__{v}" for v in f.values]
+                    [value_field(f.name, v) for v in f.values]
                     if isinstance(f, CounterFeature) and f.by
                     else [f.name]
                 )

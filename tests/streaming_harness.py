@@ -24,7 +24,7 @@ import pandas as pd
 from twotier.config import Settings
 from twotier.events import Event
 from twotier.feature_jobs.status import read_status, status_path
-from twotier.features.builtin import MOVIELENS
+from twotier.features.builtin import GENRES, MOVIELENS
 from twotier.features.spec import CounterFeature, FeatureGroup, ProjectFeatures
 from twotier.items import load_items, movielens_items
 from twotier.kafka_clients import make_producer
@@ -33,27 +33,9 @@ from twotier.online_store import connect
 from twotier.replay import ensure_topic, movielens_events
 
 N_RATINGS = 1_500  # ~2,400 events
-GENRES = ("Drama", "Comedy", "Action", "Thriller")
-FEATURES = ProjectFeatures.model_validate(
-    {
-        "feature_groups": [
-            *MOVIELENS["feature_groups"],
-            {
-                "name": "user_genres",
-                "entity": "user",
-                "features": [
-                    {
-                        "name": "views_by_genre",
-                        "kind": "counter",
-                        "action": "view",
-                        "by": "genre",
-                        "values": list(GENRES),
-                    }
-                ],
-            },
-        ]
-    }
-)
+# MovieLens's own groups: counters, decayed counters, user x item, per-genre counters
+# (resolved from each movie's genres when written) and the static item attributes.
+FEATURES = ProjectFeatures.model_validate({"feature_groups": MOVIELENS["feature_groups"]})
 JOB_ARGS = ["--trigger-seconds", "1", "--max-offsets-per-trigger", "300", "--retry-max-s", "4"]
 
 
@@ -197,12 +179,13 @@ def expected_fields(events: list[Event], movielens: Path) -> dict[str, dict[str,
     expected["user_item_v1"] = {f"{u}|{i}": {"views": float(n)} for (u, i), n in pairs.items()}
     movies = pd.read_csv(movielens / "movies.csv", dtype={"movieId": str})
     genres = dict(zip(movies["movieId"], movies["genres"].str.split("|"), strict=True))
-    views = frame[frame["action"] == "view"].assign(genre=lambda f: f["item_id"].map(genres))
-    exploded = views.explode("genre")
-    counts = exploded[exploded["genre"].isin(GENRES)].groupby(["user_id", "genre"]).size()
     by_genre: dict[str, dict[str, float]] = {}
-    for (user, genre), n in counts.items():
-        by_genre.setdefault(str(user), {})[f"views_by_genre__{genre}"] = float(n)
+    for action, name in (("view", "views_by_genre"), ("smile", "smiles_by_genre")):
+        fed = frame[frame["action"] == action].assign(genre=lambda f: f["item_id"].map(genres))
+        exploded = fed.explode("genre")
+        counts = exploded[exploded["genre"].isin(GENRES)].groupby(["user_id", "genre"]).size()
+        for (user, genre), n in counts.items():
+            by_genre.setdefault(str(user), {})[f"{name}__{genre}"] = float(n)
     expected["user_genres_v1"] = by_genre
     return expected
 

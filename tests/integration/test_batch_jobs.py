@@ -92,7 +92,8 @@ def _dead_letters(settings: Settings, project: str) -> list[dict[str, object]]:
 
 def _snapshot_counts(settings: Settings, project: str) -> dict[str, int]:
     with open_offline_store(settings) as store:
-        keys = [g.key for g in settings.project_features(project).feature_groups]
+        groups = settings.project_features(project).feature_groups
+        keys = [g.key for g in groups if g.from_events(offline=True)]
         return {
             key: int(
                 store.query_df(f"SELECT count() AS n FROM {store.table(project, key)}")["n"][0]
@@ -162,7 +163,7 @@ def _exact(settings: Settings, project: str, events: list[Event]) -> dict[str, d
     """Per online group key, the documents ``aggregate`` computes from all events at once."""
     out: dict[str, dict[str, dict]] = {}
     for group in settings.project_features(project).feature_groups:
-        if not group.online:
+        if not group.from_events(online=True):
             continue
         updates = aggregate(group, events)
         docs: dict[str, dict] = {}

@@ -16,8 +16,10 @@ from pymongo import monitoring
 from twotier.config import ClickHouseOfflineStoreConfig, MongoDBOnlineStoreConfig, Settings
 from twotier.events import Event
 from twotier.features import OnlineFeatures, historical_features
+from twotier.features.builtin import GENRES
 from twotier.features.offline import materialize_all_snapshots
 from twotier.features.spec import ModelFeatureSpec
+from twotier.items import Item, all_items, load_items
 from twotier.naming import online_collection
 from twotier.offline_store import events_frame, open_offline_store
 from twotier.online_store.mongodb import MongoDBOnlineStore
@@ -65,6 +67,8 @@ def features(
     with OnlineFeatures(own, store) as f:
         f.ensure_indexes("movielens")
         f.ensure_indexes("memes")
+        load_items(own, "movielens", MOVIES)
+        load_items(own, "memes", MEMES_ITEMS)
         yield f
         store._client.drop_database(database)
 
@@ -82,6 +86,18 @@ def _event(project: str, n: int, user: str, item: str, action: str, value: float
         context=context,
     )
 
+
+# Item data, as `twotier replay` loads it: Dangerous Minds (Drama), Se7en (Mystery|Thriller).
+MOVIES = [
+    Item(item_id="31", attributes={"title": "Dangerous Minds (1995)", "genres": ["Drama"],
+                                   "year": "1995"}),
+    Item(item_id="47", attributes={"title": "Seven (a.k.a. Se7en) (1995)",
+                                   "genres": ["Mystery", "Thriller"], "year": "1995"}),
+]  # fmt: skip
+MEMES_ITEMS = [
+    Item(item_id="m1", attributes={"content_type": "gif"}),
+    Item(item_id="m2", attributes={"content_type": "video"}),
+]
 
 MOVIELENS_EVENTS = [
     _event("movielens", 1, "1", "31", "view", 4.0),
@@ -120,30 +136,55 @@ def _item(views: list[int], smiles: int, dislikes: int, rating_sum: float) -> li
 DEFAULT_REQUEST = [0.0, 200.0, 300.0]  # tier1_score, tier1_rank, popular_rank
 
 
+def _attrs(genres: list[str], year: float) -> list[float]:
+    """The item_attrs block: multi-hot genres in GENRES order, then the year."""
+    return [*(1.0 if g in genres else 0.0 for g in GENRES), year]
+
+
 def test_matrix_equals_the_hand_computed_features(features: OnlineFeatures) -> None:
     results = features.write("movielens", MOVIELENS_EVENTS, "test-writer", 0)
     assert {name: r.documents for name, r in results.items()} == {
         "user_stats": 2,
         "item_stats": 2,
         "user_item": 3,
+        "user_genres": 2,  # per genre of the movie, looked up in its item data
     }
 
     x = features.matrix("movielens", "ranker", "1", ["31", "47", "999"], now_ms=NOW)
     user_1 = _stats(2, 1, 1, 6.0, T0 + 3000)
+    # User 1 viewed a Drama and a Mystery-Thriller (3 genre views) and smiled on the Drama.
     expected = [
-        user_1 + _item([T0 + 1000, T0 + 5000], 2, 0, 9.0) + [1] + DEFAULT_REQUEST,
-        user_1 + _item([T0 + 3000], 0, 1, 2.0) + [1] + DEFAULT_REQUEST,
-        user_1 + _item([], 0, 0, 0.0) + [0] + DEFAULT_REQUEST,  # unknown item: defaults
+        user_1
+        + _item([T0 + 1000, T0 + 5000], 2, 0, 9.0)
+        + [1]
+        + _attrs(["Drama"], 1995)
+        + [1 / 3, 1.0]
+        + DEFAULT_REQUEST,
+        user_1
+        + _item([T0 + 3000], 0, 1, 2.0)
+        + [1]
+        + _attrs(["Mystery", "Thriller"], 1995)
+        + [2 / 3, 0.0]
+        + DEFAULT_REQUEST,
+        # An item neither seen nor in the catalogue: defaults.
+        user_1 + _item([], 0, 0, 0.0) + [0] + _attrs([], 0) + [0.0, 0.0] + DEFAULT_REQUEST,
     ]
     assert x.dtype == np.float32
-    assert x.shape == (3, 18)
+    assert x.shape == (3, 40)
     np.testing.assert_allclose(x, np.array(expected, dtype=np.float32), rtol=1e-6)
 
     unknown_user = features.matrix("movielens", "ranker", "nobody", ["31"], now_ms=NOW)
     np.testing.assert_allclose(
         unknown_user,
         np.array(
-            [_stats(0, 0, 0, 0.0, 0) + _item([T0 + 1000, T0 + 5000], 2, 0, 9.0) + [0, 0, 200, 300]],
+            [
+                _stats(0, 0, 0, 0.0, 0)
+                + _item([T0 + 1000, T0 + 5000], 2, 0, 9.0)
+                + [0]
+                + _attrs(["Drama"], 1995)
+                + [0.0, 0.0]  # no genre counts yet: the affinities' default
+                + DEFAULT_REQUEST
+            ],
             dtype=np.float32,
         ),
         rtol=1e-6,
@@ -153,7 +194,8 @@ def test_matrix_equals_the_hand_computed_features(features: OnlineFeatures) -> N
 def test_online_and_offline_values_agree_for_the_same_events(
     features: OnlineFeatures, tmp_path: Path
 ) -> None:
-    """Decayed counters, stored-only sums, userxitem counters: one definition, two stores."""
+    """Decayed counters, stored-only sums, userxitem counters, per-genre counters resolved
+    from item data, static item attributes and affinities: one definition, two stores."""
     features.write("movielens", MOVIELENS_EVENTS, "test-writer", 0)
     candidates = ["31", "47", "999"]
     request = {"tier1_score": [0.5, 0.25, 0.0], "tier1_rank": [0.0, 1.0, 200.0]}
@@ -164,11 +206,31 @@ def test_online_and_offline_values_agree_for_the_same_events(
     with open_offline_store(local) as store:
         store.ensure_tables("movielens")
         store.insert_events("movielens", events_frame(MOVIELENS_EVENTS))
+        # As the items_offline asset does: the item data serving reads, copied.
+        copied = all_items(local, "movielens")
+        assert [i.item_id for i in copied] == ["31", "47"]
+        frame = pd.DataFrame(
+            {"item_id": [i.item_id for i in copied], "attributes": [i.attributes for i in copied]}
+        )
+        store.insert_items("movielens", frame)
         materialize_all_snapshots(store, local, "movielens")
         rows = pd.DataFrame({"user_id": "1", "item_id": candidates, "ts": NOW, **request})
         offline = historical_features(store, local, "movielens", "ranker", rows)
+        genre_counts = store.query_df(
+            f"SELECT `views_by_genre__Thriller` AS t, `smiles_by_genre__Drama` AS d "
+            f"FROM {store.table('movielens', 'user_genres_v1')} "
+            "WHERE entity_id = '1' ORDER BY ts DESC LIMIT 1"
+        )
     spec = features.spec("movielens", "ranker")
     np.testing.assert_allclose(offline[spec.columns()].to_numpy(), online, rtol=1e-6)
+    # Not trivially equal: the new kinds hold values other than their defaults.
+    cols = spec.columns()
+    assert online[:, cols.index("item_attrs.genre__Thriller")].tolist() == [0, 1, 0]
+    assert online[:, cols.index("item_attrs.year")].tolist() == [1995, 1995, 0]
+    np.testing.assert_allclose(
+        online[:, cols.index("affinity.genre_view_share")], [1 / 3, 2 / 3, 0]
+    )
+    assert genre_counts.iloc[0].tolist() == [1.0, 1.0]
 
 
 def test_a_replayed_batch_changes_nothing(features: OnlineFeatures) -> None:
@@ -222,7 +284,8 @@ def test_one_round_trip_per_group_with_only_the_needed_ids(
     finds.finds.clear()
     features.matrix("memes", "ranker", "u1", candidates, now_ms=NOW)
     by_collection = {name: ids for name, ids in finds.finds}
-    assert len(finds.finds) == 3 == len(by_collection)
+    assert len(finds.finds) == 4 == len(by_collection)
+    assert by_collection[online_collection("memes", "content")] == candidates  # item_attrs
     assert by_collection[online_collection("memes", "user_stats_v1")] == ["u1"]
     assert by_collection[online_collection("memes", "item_stats_v1")] == candidates
     assert by_collection[online_collection("memes", "user_item_v1")] == [
@@ -250,7 +313,7 @@ def test_matrix_for_a_spec_stored_with_a_model(features: OnlineFeatures) -> None
         features.matrix("movielens", "ranker", "1", ["31"], now_ms=NOW),
     )
     empty = features.matrix("movielens", "ranker", "1", [], now_ms=NOW)
-    assert empty.shape == (0, 18)
+    assert empty.shape == (0, 40)
 
 
 @pytest.mark.parametrize(

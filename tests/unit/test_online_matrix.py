@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+from typing import Any
+
 import numpy as np
 import pytest
 
@@ -89,7 +92,7 @@ def test_memes_by_values_pairs_and_request_features_last() -> None:
     items = [{"shares": 2}, {"comments": 5}]
     pairs = [{"views": 4, "last_view_ts": NOW - 2000}, None]
     kinds = [{"content_type": "gif"}, {"content_type": "image"}]
-    docs = [[user], items, pairs, kinds]
+    docs: list[Sequence[Mapping[str, Any] | None]] = [[user], items, pairs, kinds]
     x = assemble_matrix(spec, docs, 2, request={"position": 7}, now_ms=NOW)
     assert x.shape == (2, len(cols))
     np.testing.assert_array_equal(x[:, cols.index("user_stats.smiles_by_type__gif")], [3, 3])

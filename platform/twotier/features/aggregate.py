@@ -28,7 +28,13 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from twotier.features.spec import CounterFeature, Entity, FeatureGroup, LastSeenFeature
+from twotier.features.spec import (
+    CounterFeature,
+    Entity,
+    FeatureGroup,
+    LastSeenFeature,
+    value_field,
+)
 
 if TYPE_CHECKING:
     from twotier.events import Event
@@ -151,7 +157,7 @@ def aggregate(group: FeatureGroup, events: Iterable[Event | Mapping[str, Any]]) 
                 value = context.get(f.by)
                 if value not in f.values:
                     continue
-                name = f"{f.name}__{value}"
+                name = value_field(f.name, value)
             else:
                 name = f.name
             amount: float = 1 if f.agg == "count" else float(_get(event, "value"))

@@ -20,6 +20,7 @@ from twotier.features.spec import (
     RateFeature,
     RecencyFeature,
     affinity_inputs,
+    value_field,
 )
 
 
@@ -34,7 +35,7 @@ def raw_defaults(group: FeatureGroup) -> dict[str, float]:
             defaults.update({field: 0.0 if f.values else f.default for field in f.fields()})
     for f in group.raw_features():
         if isinstance(f, CounterFeature) and f.by:
-            defaults.update({f"{f.name}__{v}": f.default for v in f.values})
+            defaults.update({value_field(f.name, v): f.default for v in f.values})
         else:
             defaults[f.name] = f.default
     return defaults
@@ -147,7 +148,7 @@ def group_matrix(
     for f in group.column_features():
         if isinstance(f, CounterFeature) and f.by:
             scale = decay_to(f, now_ms) if f.half_life_days is not None else 1.0
-            columns.extend(raw[f"{f.name}__{v}"] * scale for v in f.values)
+            columns.extend(raw[value_field(f.name, v)] * scale for v in f.values)
         elif isinstance(f, CounterFeature) and f.half_life_days is not None:
             columns.append(decayed(f.name))
         elif isinstance(f, AttributeFeature):
@@ -202,9 +203,9 @@ def affinity_matrix(
         total = np.zeros(1, dtype=np.float64)
         hits = np.zeros(1, dtype=np.float64)
         for value in attribute.values:
-            counts = raws[ui][f"{counter.name}__{value}"]
+            counts = raws[ui][value_field(counter.name, value)]
             total = total + counts
-            hits = hits + counts * raws[ii][f"{attribute.name}__{value}"]
+            hits = hits + counts * raws[ii][value_field(attribute.name, value)]
         with np.errstate(divide="ignore", invalid="ignore"):
             share = np.where(total > 0, hits / total, affinity.default)
         out[:, col] = np.broadcast_to(share, (n_rows,))

@@ -42,6 +42,7 @@ from twotier.features.spec import (
     FeatureGroup,
     LastSeenFeature,
     ModelFeatureSpec,
+    value_field,
 )
 from twotier.naming import offline_table
 from twotier.offline_store.base import OfflineStore
@@ -181,7 +182,7 @@ def snapshot_select(
             by = f.by
             parts = [
                 (
-                    f"{f.name}__{v}",
+                    value_field(f.name, v),
                     f"{is_action} AND "
                     + by_condition_sql(by, v, params.add, items_table is not None),
                 )

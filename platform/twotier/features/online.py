@@ -34,7 +34,7 @@ import numpy as np
 from twotier.closing import Closing
 from twotier.config import Settings
 from twotier.events import Event
-from twotier.features.aggregate import aggregate, entity_id
+from twotier.features.aggregate import entity_id
 from twotier.features.derive import affinity_matrix, group_matrix, raw_arrays
 from twotier.features.spec import FeatureGroup, ModelFeatureSpec
 from twotier.items import CONTENT_GROUP
@@ -284,7 +284,9 @@ class OnlineFeatures(Closing):
 
         Each group's updates (``aggregate``) go to its collection in one
         ``apply_increments`` call under ``(batch_key, batch_id)``; replaying the same
-        batch changes nothing, and a crash midway is repaired by replaying it.
+        batch changes nothing, and a crash midway is repaired by replaying it. A ``by``
+        counter whose value the event's context lacks reads it from the item's data
+        (``feature_jobs.enrich``), as the streaming job does.
 
         Args:
             project: The project; every event must belong to it.
@@ -299,7 +301,10 @@ class OnlineFeatures(Closing):
             ValueError: An event belongs to another project.
             ConfigError: The project is not declared.
             OnlineStoreError: A write failed (safe to replay the batch).
+            ItemLookupError: Item data could not be read (safe to replay the batch).
         """
+        from twotier.feature_jobs.enrich import GroupPlan, ItemAttributes, lookup_items
+
         batch = list(events)
         for event in batch:
             if event.project != project:
@@ -307,11 +312,18 @@ class OnlineFeatures(Closing):
                     f"event {event.event_id!r} belongs to project {event.project!r}, not "
                     f"{project!r}: write each project's events separately"
                 )
+        groups = self._settings.project_features(project).feature_groups
+        plans = [GroupPlan.of(g) for g in groups if g.from_events(online=True)]
+        enriching = [p for p in plans if p.by_counters]
+        items: ItemAttributes = {}
+        wanted = [e.item_id for e in batch if any(p.needs_items(e) for p in enriching)]
+        if wanted:
+            attributes = set().union(*(p.attributes() for p in enriching))
+            items = lookup_items(self._settings, project, wanted, attributes)
         results: dict[str, ApplyResult] = {}
-        for group in self._settings.project_features(project).feature_groups:
-            if not group.from_events(online=True):
-                continue
-            updates = aggregate(group, batch)
+        for plan in plans:
+            group = plan.group
+            updates = plan.updates(batch, items)
             results[group.name] = self.store.apply_increments(
                 online_collection(project, group.key),
                 batch_key,

@@ -28,6 +28,7 @@ Example (YAML, under ``projects.<name>`` in ``twotier.yaml``)::
 from __future__ import annotations
 
 import json
+import re
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -36,6 +37,35 @@ from twotier.experiments import Experiment
 
 Entity = Literal["user", "item", "user_item"]
 NAME_PATTERN = r"^[a-z][a-z0-9_]{0,62}$"
+_NOT_IN_FIELD = re.compile(r"[^A-Za-z0-9_]")
+
+
+def value_field(name: str, value: str) -> str:
+    """The stored field (and column suffix) of one value of a ``by`` counter or attribute.
+
+    ``<name>__<value>``, any character other than a letter, digit or ``_`` replaced by
+    ``_``, so values such as ``Sci-Fi`` make field names every store accepts.
+
+    Example:
+        >>> value_field("genre", "Film-Noir"), value_field("views_by_type", "gif")
+        ('genre__Film_Noir', 'views_by_type__gif')
+    """
+    return f"{name}__{_NOT_IN_FIELD.sub('_', value)}"
+
+
+def _check_values(feature: str, values: tuple[str, ...]) -> None:
+    fields = [value_field(feature, v) for v in values]
+    for value in values:
+        if not value or "." in value or value.startswith("$"):
+            raise ValueError(f"feature {feature!r}: value {value!r} may not hold '.' or '$'")
+    if len(set(fields)) != len(fields):
+        raise ValueError(
+            f"feature {feature!r}: values {list(values)} give the same field twice "
+            "(a value is listed twice, or two differ only in characters other than letters, "
+            "digits and '_', which fields spell as '_')"
+        )
+
+
 """Feature, group and model names: lowercase, no dots (FerretDB field names), no ``$``."""
 
 
@@ -100,9 +130,7 @@ class CounterFeature(_Spec):
     def _by_needs_values(self) -> CounterFeature:
         if (self.by is None) != (not self.values):
             raise ValueError(f"feature {self.name!r}: `by` and `values` go together")
-        for value in self.values:
-            if not value or "." in value or value.startswith("$"):
-                raise ValueError(f"feature {self.name!r}: value {value!r} may not hold '.' or '$'")
+        _check_values(self.name, self.values)
         return self
 
 
@@ -171,16 +199,12 @@ class AttributeFeature(_Spec):
 
     @model_validator(mode="after")
     def _distinct_values(self) -> AttributeFeature:
-        if len(set(self.values)) != len(self.values):
-            raise ValueError(f"feature {self.name!r}: a value is listed twice in `values`")
-        for value in self.values:
-            if not value or "." in value or value.startswith("$"):
-                raise ValueError(f"feature {self.name!r}: value {value!r} may not hold '.' or '$'")
+        _check_values(self.name, self.values)
         return self
 
     def fields(self) -> list[str]:
         """Its columns: ``<name>__<value>`` per value, or just ``<name>``."""
-        return [f"{self.name}__{v}" for v in self.values] if self.values else [self.name]
+        return [value_field(self.name, v) for v in self.values] if self.values else [self.name]
 
 
 Feature = Annotated[
@@ -281,7 +305,7 @@ class FeatureGroup(_Spec):
                 fields.extend(f.fields())
         for f in self.raw_features():
             if isinstance(f, CounterFeature) and f.by:
-                fields.extend(f"{f.name}__{v}" for v in f.values)
+                fields.extend(value_field(f.name, v) for v in f.values)
             else:
                 fields.append(f.name)
         return fields
@@ -295,7 +319,7 @@ class FeatureGroup(_Spec):
         columns: list[str] = []
         for f in self.column_features():
             if isinstance(f, CounterFeature) and f.by:
-                columns.extend(f"{f.name}__{v}" for v in f.values)
+                columns.extend(value_field(f.name, v) for v in f.values)
             elif isinstance(f, AttributeFeature):
                 columns.extend(f.fields())
             else:
