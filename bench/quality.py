@@ -41,6 +41,7 @@ import numpy as np
 import pandas as pd
 
 from twotier.config import ClickHouseOfflineStoreConfig, load_settings
+from twotier.items import items_frame, movielens_items
 from twotier.models.candidates import candidate_training_set, label_cuts
 from twotier.models.data import items_by_user, read_interactions
 from twotier.models.datasets import holdout_cutoff, read_tier_one_set
@@ -175,7 +176,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             store.ensure_tables(PROJECT)
             frame = events_frame(movielens_events(PROJECT, Path(args.dataset), limit=args.limit))
             store.insert_events(PROJECT, frame)
-        print(f"loaded {len(frame)} events", flush=True)
+            # What the items_offline asset copies from the online store: the movies.
+            movies = movielens_items(Path(args.dataset))
+            store.insert_items(PROJECT, items_frame(movies))
+        print(f"loaded {len(frame)} events and {len(movies)} movies", flush=True)
         started = time.perf_counter()
         materialize_project(settings, PROJECT, selection=DATA_ASSETS, partition_range=(FIRST, LAST))
         print(f"features and training sets in {time.perf_counter() - started:.1f} s", flush=True)

@@ -35,6 +35,7 @@ import dagster as dg
 
 from twotier.config import ClickHouseOfflineStoreConfig, Settings, load_settings
 from twotier.infra.stack import make_service
+from twotier.items import items_frame, movielens_items
 from twotier.naming import model_name
 from twotier.offline_store import events_frame, open_offline_store
 from twotier.pipelines.materialize import materialization_metadata, materialize_project
@@ -134,6 +135,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             store.ensure_tables(PROJECT)
             frame = events_frame(movielens_events(PROJECT, Path(args.dataset), limit=args.limit))
             store.insert_events(PROJECT, frame)
+            # What the items_offline asset copies from the online store: the movies.
+            store.insert_items(PROJECT, items_frame(movielens_items(Path(args.dataset))))
         print(f"loaded {len(frame)} events in {time.perf_counter() - started:.1f} s", flush=True)
         runs = []
         with dg.DagsterInstance.ephemeral() as instance:

@@ -230,3 +230,21 @@ def _attributes(doc: dict[str, Any]) -> dict[str, str | list[str]]:
             continue
         out[name] = [str(v) for v in value] if isinstance(value, list | tuple) else str(value)
     return out
+
+
+def items_frame(items: Iterable[Item]) -> Any:
+    """Items as the offline store's items frame (``item_id``, ``attributes``).
+
+    Example:
+        >>> items_frame([Item(item_id="31", attributes={"genres": ["Drama"]})]).to_dict("list")
+        {'item_id': ['31'], 'attributes': [{'genres': ['Drama']}]}
+    """
+    import pandas as pd
+
+    listed = list(items)
+    return pd.DataFrame(
+        {
+            "item_id": [i.item_id for i in listed],
+            "attributes": [dict(i.attributes) for i in listed],
+        }
+    )

@@ -19,7 +19,7 @@ from twotier.features import OnlineFeatures, historical_features
 from twotier.features.builtin import GENRES
 from twotier.features.offline import materialize_all_snapshots
 from twotier.features.spec import ModelFeatureSpec
-from twotier.items import Item, all_items, load_items
+from twotier.items import Item, all_items, items_frame, load_items
 from twotier.naming import online_collection
 from twotier.offline_store import events_frame, open_offline_store
 from twotier.online_store.mongodb import MongoDBOnlineStore
@@ -209,10 +209,7 @@ def test_online_and_offline_values_agree_for_the_same_events(
         # As the items_offline asset does: the item data serving reads, copied.
         copied = all_items(local, "movielens")
         assert [i.item_id for i in copied] == ["31", "47"]
-        frame = pd.DataFrame(
-            {"item_id": [i.item_id for i in copied], "attributes": [i.attributes for i in copied]}
-        )
-        store.insert_items("movielens", frame)
+        store.insert_items("movielens", items_frame(copied))
         materialize_all_snapshots(store, local, "movielens")
         rows = pd.DataFrame({"user_id": "1", "item_id": candidates, "ts": NOW, **request})
         offline = historical_features(store, local, "movielens", "ranker", rows)

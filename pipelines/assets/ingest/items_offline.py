@@ -3,10 +3,9 @@
 # No `from __future__ import annotations`: Dagster reads the context and resource
 # annotations at definition time.
 import dagster as dg
-import pandas as pd
 
 from twotier.features.spec import ProjectFeatures
-from twotier.items import CONTENT_GROUP, all_items
+from twotier.items import CONTENT_GROUP, all_items, items_frame
 from twotier.naming import online_collection
 from twotier.pipelines.assets.keys import ITEMS_OFFLINE, asset_key, group_name
 from twotier.pipelines.assets.partitions import SINGLE_RUN
@@ -54,12 +53,7 @@ def make_items_offline(project: str, features: ProjectFeatures) -> dg.AssetsDefi
                 "`by` counters will count only events whose context names the value "
                 "(load item data first: `twotier replay` loads MovieLens movies)"
             )
-        frame = pd.DataFrame(
-            {
-                "item_id": [i.item_id for i in items],
-                "attributes": [dict(i.attributes) for i in items],
-            }
-        )
+        frame = items_frame(items)
         with offline_store.open() as store:
             store.ensure_tables(project)
             written = store.insert_items(project, frame) if items else 0
