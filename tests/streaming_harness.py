@@ -25,7 +25,7 @@ from twotier.config import Settings
 from twotier.events import Event
 from twotier.feature_jobs.status import read_status, status_path
 from twotier.features.builtin import GENRES, MOVIELENS
-from twotier.features.spec import CounterFeature, FeatureGroup, ProjectFeatures
+from twotier.features.spec import CounterFeature, FeatureGroup, ProjectFeatures, value_field
 from twotier.items import load_items, movielens_items
 from twotier.kafka_clients import make_producer
 from twotier.naming import online_collection
@@ -185,7 +185,7 @@ def expected_fields(events: list[Event], movielens: Path) -> dict[str, dict[str,
         exploded = fed.explode("genre")
         counts = exploded[exploded["genre"].isin(GENRES)].groupby(["user_id", "genre"]).size()
         for (user, genre), n in counts.items():
-            by_genre.setdefault(str(user), {})[f"{name}__{genre}"] = float(n)
+            by_genre.setdefault(str(user), {})[value_field(name, genre)] = float(n)
     expected["user_genres_v1"] = by_genre
     return expected
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from twotier.generate import MemeFeed, MemeFeedConfig, generate_memes
 from twotier.infra.service import Service
-from twotier.items import Item, load_items, movielens_items, read_items
+from twotier.items import Item, all_items, load_items, movielens_items, read_items
 from twotier.replay import read_events
 
 RATE = 1500.0
@@ -72,8 +72,14 @@ def test_movielens_item_data_loads_idempotently(online_server: Service, movielen
     assert stored["1"].attributes == {
         "title": "Toy Story",
         "genres": ["Adventure", "Animation", "Children", "Comedy", "Fantasy"],
+        "year": "1995",
     }
     assert stored["2"].attributes["title"] == "Jumanji (1995)"
+    # all_items pages through the whole collection in id order (here in pages of 1,000).
+    every = all_items(settings, project, batch_size=1_000)
+    assert len(every) == len(items)
+    assert [i.item_id for i in every] == sorted(i.item_id for i in items)
+    assert next(i for i in every if i.item_id == "1") == stored["1"]
     assert first_s < 60, f"loading {len(items)} items took {first_s:.0f} s"
     assert "999999" not in stored
     from pymongo import MongoClient
