@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from twotier.cli import ProjectOption, console, progress_lines, state
+from twotier.cli import ProjectOption, console, progress_lines, project_of, state
 
 
 def stream(
@@ -31,7 +31,7 @@ def stream(
     from twotier.feature_jobs.online_job import online_backoff, run_online
 
     settings = state.settings()
-    project = project or settings.project
+    project = project_of(settings, project)
     mode = "available data" if available_now else "continuous stream (Ctrl-C stops)"
     retry = online_backoff(attempts=retry_attempts, available_now=available_now)
     with progress_lines(f"online feature job for {project}: {mode}") as show:
@@ -63,6 +63,7 @@ def jobs(
     settings = state.settings()
     statuses = all_statuses(settings)
     if project is not None:
+        project = project_of(settings, project)
         statuses = {p: s for p, s in statuses.items() if p == project}
     if as_json:
         typer.echo(json.dumps(statuses, indent=1))
@@ -110,7 +111,7 @@ def stream_start(
     from twotier.feature_jobs.detached import start_online
 
     settings = state.settings()
-    project = project or settings.project
+    project = project_of(settings, project)
     result = start_online(settings, project, restart=restart, progress=console.print)
     verb = "started" if result.started else "already running"
     console.print(
@@ -124,7 +125,7 @@ def stream_stop(project: ProjectOption = None) -> None:
     from twotier.feature_jobs.detached import stop_online
 
     settings = state.settings()
-    project = project or settings.project
+    project = project_of(settings, project)
     stopped = stop_online(settings, project)
     if stopped is None:
         console.print(f"online job {project}: not running")

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from twotier.cli import console, progress_lines, state
+from twotier.cli import console, fail, progress_lines, state
 
 OnlyOption = Annotated[
     list[str] | None,
@@ -103,8 +103,11 @@ def logs(
     lines: Annotated[int, typer.Option("--lines", "-n", help="How many lines.")] = 50,
 ) -> None:
     """Print the end of a service's log."""
-    from twotier.infra.stack import make_service
+    from twotier.infra.stack import ONLINE_STORE, SERVICE_CLASSES, make_service
 
+    known = [*SERVICE_CLASSES, ONLINE_STORE]
+    if service not in known:
+        raise fail(f"no service {service!r}; the services are {', '.join(known)}", code=2)
     log = make_service(service, state.settings()).log_file
     if not log.exists():
         console.print(f"no log yet at {log}")

@@ -10,7 +10,7 @@ from typing import Annotated, Any
 
 import typer
 
-from twotier.cli import ProjectOption, console, fail, state
+from twotier.cli import ProjectOption, console, fail, project_of, state
 
 IN_PROCESS: dict[str, Any] = {"execution": {"config": {"in_process": {}}}}
 """Run config: every step in the run's own process (one import instead of one per step)."""
@@ -33,6 +33,31 @@ def run_config(config_json: str | None, in_process: bool) -> dict[str, Any]:
     if in_process and "execution" not in config:
         config = {**config, **IN_PROCESS}
     return config
+
+
+def selected_assets(selection: str) -> list[str]:
+    """The asset keys (``project/name``) that a Dagster selection string matches.
+
+    Resolved against the code location's definitions before anything runs, so a
+    selection that matches nothing is refused instead of materialising everything.
+
+    Raises:
+        ValueError: Dagster cannot parse the selection.
+    """
+    import warnings
+
+    import dagster as dg
+
+    with warnings.catch_warnings():  # Dagster's beta notices, not the user's concern
+        warnings.simplefilter("ignore")
+        from twotier.pipelines.definitions import defs
+
+        graph = defs.resolve_asset_graph()
+    try:
+        keys = dg.AssetSelection.from_string(selection).resolve(graph)
+    except Exception as exc:  # Dagster raises several kinds for a bad string
+        raise ValueError(f"cannot read the asset selection {selection!r}: {exc}") from None
+    return sorted(k.to_user_string() for k in keys)
 
 
 def materialize(
@@ -67,8 +92,19 @@ def materialize(
     from twotier.pipelines.materialize import all_partitions
 
     settings = state.settings()
-    project = project or settings.project
+    project = project_of(settings, project)
     selection = select or f"key:{project}/*"
+    try:
+        matched = selected_assets(selection)
+    except ValueError as exc:
+        raise fail(str(exc), code=2) from None
+    if not matched:
+        raise fail(
+            f"the selection {selection!r} matches no asset; the projects' assets are "
+            f"keyed <project>/<asset> (declared: {', '.join(sorted(settings.projects))}), "
+            f"e.g. --select 'key:{project}/feature_snapshots'",
+            code=2,
+        )
     if partition_range is None:
         first, last = all_partitions(settings.pipelines.partitions_start)
         partition_range = f"{first}...{last}"

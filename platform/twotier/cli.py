@@ -16,6 +16,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from twotier.config import ConfigError, Settings, load_settings
 from twotier.errors import TwotierError
@@ -69,9 +70,28 @@ def progress_lines(title: str) -> Iterator[Callable[[str], None]]:
         yield show
 
 
+def project_of(settings: Settings, project: str | None) -> str:
+    """``project`` (or the configured default) when it is declared, else a clear exit.
+
+    Raises:
+        typer.Exit: Code 2 after one line naming the declared projects.
+    """
+    name = project or settings.project
+    if name not in settings.projects:
+        raise fail(
+            f"no project {name!r}; declared: {', '.join(sorted(settings.projects))} "
+            "(under `projects:` in twotier.yaml)",
+            code=2,
+        )
+    return name
+
+
 def fail(message: str, code: int = 1) -> typer.Exit:
-    """Print one clear error line and return the exit to raise."""
-    console.print(f"[bold red]error:[/bold red] {message}")
+    """Print one clear error line and return the exit to raise.
+
+    The message is printed as it is: brackets in it are never read as Rich markup.
+    """
+    console.print(f"[bold red]error:[/bold red] {escape(message)}")
     return typer.Exit(code)
 
 
@@ -107,7 +127,7 @@ def replay_command(
     from twotier.replay import replay_movielens
 
     settings = state.settings()
-    project = project or settings.project
+    project = project_of(settings, project)
     with progress_lines(f"replaying {dataset} into project {project}") as show:
         loaded = 0
         if items:
@@ -183,7 +203,7 @@ def main() -> None:
 
 
 def _print_error(message: str) -> int:
-    console.print(f"[bold red]error:[/bold red] {message}")
+    console.print(f"[bold red]error:[/bold red] {escape(message)}")
     return 2
 
 

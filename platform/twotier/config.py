@@ -12,11 +12,25 @@ import os
 import re
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+from pydantic_settings.exceptions import SettingsError
 
 from twotier.features.builtin import builtin_projects
 from twotier.features.spec import ProjectFeatures
@@ -206,9 +220,78 @@ class ServingConfig(_Section):
     deploy_on_up: bool = True
     """``twotier up`` deploys the serving application once Ray Serve runs."""
 
+    @model_validator(mode="after")
+    def _k_within_cap(self) -> ServingConfig:
+        if self.default_k > self.max_candidates:
+            raise ValueError(
+                f"default_k ({self.default_k}) is more than max_candidates "
+                f"({self.max_candidates}): every request without k would be refused; "
+                "lower default_k or raise max_candidates"
+            )
+        return self
+
     def url(self, ray: RayConfig) -> str:
         """Base URL of the HTTP proxy of the local Ray Serve."""
         return f"http://{ray.host}:{ray.serve_port}"
+
+
+_CRON_FIELDS = (
+    ("minute", 0, 59),
+    ("hour", 0, 23),
+    ("day of month", 1, 31),
+    ("month", 1, 12),
+    ("day of week", 0, 7),
+)
+_MONTHS = ["jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"]
+_DAYS = ["sun", "mon", "tue", "wed", "thu", "fri", "sat"]
+_CRON_NAMES = {3: {m: i + 1 for i, m in enumerate(_MONTHS)}, 4: {d: i for i, d in enumerate(_DAYS)}}
+
+
+def check_cron(expression: str) -> None:
+    """Refuse anything but a five-field cron expression (``*``, lists, ranges, steps, names).
+
+    Raises:
+        ValueError: The expression, naming the field at fault and an example.
+
+    Example:
+        >>> check_cron("*/15 9-17 * * mon-fri")
+        >>> check_cron("not a cron")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        ValueError: 'not a cron' is not a cron expression: it needs 5 fields ...
+    """
+    fields = expression.split()
+    example = "e.g. '0 * * * *' (hourly)"
+    if len(fields) != 5:
+        raise ValueError(
+            f"{expression!r} is not a cron expression: it needs 5 fields (minute hour "
+            f"day-of-month month day-of-week), {example}"
+        )
+    for index, (text, (name, low, high)) in enumerate(zip(fields, _CRON_FIELDS, strict=True)):
+        names = _CRON_NAMES.get(index, {})
+
+        def number(token: str, name: str = name, names: dict[str, int] = names) -> int:
+            value = names.get(token.lower())
+            if value is None:
+                if not token.isdigit():
+                    raise ValueError(token)
+                value = int(token)
+            return value
+
+        for part in text.split(","):
+            base, _, step = part.partition("/")
+            try:
+                if step and (not step.isdigit() or int(step) == 0):
+                    raise ValueError(step)
+                if base != "*":
+                    bounds = [number(t) for t in base.split("-")]
+                    if len(bounds) > 2 or any(not low <= b <= high for b in bounds):
+                        raise ValueError(base)
+            except ValueError:
+                raise ValueError(
+                    f"{expression!r}: {name} field {text!r} is not valid (use *, numbers "
+                    f"{low}-{high}, ranges a-b, lists a,b and steps */n), {example}"
+                ) from None
 
 
 class PipelinesConfig(_Section):
@@ -217,6 +300,14 @@ class PipelinesConfig(_Section):
     retrain_schedule_running: bool = False
     """Start the hourly retrain schedule as running (off locally, on in production)."""
     retrain_cron: str = "0 * * * *"
+    """When the retrain schedule runs (UTC): five cron fields, e.g. ``0 * * * *`` hourly."""
+
+    @field_validator("retrain_cron")
+    @classmethod
+    def _cron(cls, value: str) -> str:
+        check_cron(value)
+        return value
+
     deploy_after_promotion: bool = True
     """After an alias moves, ask the serving layer to load the new version at once."""
     partitions_start: str = Field("1996-01-01", pattern=r"^\d{4}-\d{2}-01$")
@@ -242,8 +333,22 @@ class StackConfig(_Section):
     online_server: OnlineServerName = "secantusdb"
     """The local MongoDB-wire server of the online store: ``secantusdb`` (fast, with
     change streams and transactions) or ``ferretdb`` (v1, SQLite; scans on ``$in``)."""
-    services: list[ServiceName] = Field(default_factory=lambda: list(ALL_SERVICES))
-    """Services ``twotier up`` runs; ``online_store`` stands for ``online_server``."""
+    services: Annotated[list[ServiceName], NoDecode] = Field(
+        default_factory=lambda: list(ALL_SERVICES)
+    )
+    """Services ``twotier up`` runs; ``online_store`` stands for ``online_server``. In the
+    environment a comma-separated list: ``TWOTIER_STACK__SERVICES=kafka,ferretdb``."""
+
+    @field_validator("services", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                return json.loads(text)
+            return [v.strip() for v in text.split(",") if v.strip()]
+        return value
+
     start_timeout_s: float = Field(180.0, gt=0)
 
     def resolved_services(self) -> list[ServiceName]:
@@ -295,6 +400,13 @@ class Settings(BaseSettings):
                     f"projects: invalid project name {name!r}: use 1-40 lowercase letters, "
                     "digits or '_', starting with a letter"
                 )
+        if self.projects and self.project not in self.projects:
+            if "project" in self.model_fields_set:
+                raise ValueError(
+                    f"project: {self.project!r} is not a declared project; declared: "
+                    f"{sorted(self.projects)} (under `projects:` in twotier.yaml)"
+                )
+            self.project = next(iter(self.projects))  # the default names no project
         self.data_dir = self.data_dir.expanduser().resolve()
         if self.cache_dir is not None:
             self.cache_dir = self.cache_dir.expanduser().resolve()
@@ -441,15 +553,44 @@ def _expand_env(value: Any) -> Any:
     return value
 
 
+def env_name(loc: tuple[Any, ...] | list[Any]) -> str:
+    """The environment variable of a field path: ``("kafka", "port")`` ->
+    ``TWOTIER_KAFKA__PORT``."""
+    return "TWOTIER_" + "__".join(str(p).upper() for p in loc)
+
+
+def _from_env(loc: tuple[Any, ...] | list[Any]) -> str | None:
+    """The set ``TWOTIER_*`` variable that gave the value at ``loc``, if one did."""
+    for end in range(len(loc), 0, -1):
+        name = env_name(loc[:end])
+        if name in os.environ:
+            return name
+    return None
+
+
 def _describe(error: dict[str, Any]) -> str:
-    field = ".".join(str(p) for p in error["loc"]) or "<root>"
-    message = error["msg"]
+    loc = tuple(error["loc"])
+    message = str(error["msg"]).removeprefix("Value error, ")
+    if not loc:  # a check across fields: its message starts with the field it names
+        head = re.match(r"^([a-z_]+): ", message)
+        if head and env_name([head.group(1)]) in os.environ:
+            message = f"{env_name([head.group(1)])} ({message}"
+            message = message.replace(": ", "): ", 1)
+        return message
+    field = ".".join(str(p) for p in loc)
+    variable = _from_env(loc)
+    if variable is None:  # a check of a section: the variables set under it
+        under = sorted(n for n in os.environ if n.startswith(env_name(loc) + "__"))
+        variable = ", ".join(under) or None
+    if variable is not None:
+        field = f"{variable} ({field})"
     if error["type"] == "extra_forbidden":
         message = "unknown field"
     ctx = error.get("ctx") or {}
     if "expected" in ctx and str(ctx["expected"]) not in message:
         message += f" (allowed: {ctx['expected']})"
-    return f"{field}: {message} (got {error.get('input')!r})"
+    given = error.get("input")
+    return f"{field}: {message}" + ("" if isinstance(given, dict) else f" (got {given!r})")
 
 
 def _resolve_path(path: str | Path | None) -> Path | None:
@@ -498,5 +639,14 @@ def load_settings(path: str | Path | None = None, **overrides: Any) -> Settings:
     except ValidationError as exc:
         lines = "; ".join(_describe(e) for e in exc.errors())  # type: ignore[arg-type]
         raise ConfigError(f"{source}: invalid configuration: {lines}") from exc
+    except SettingsError as exc:
+        # A complex value (a list, a mapping) in a variable that is not JSON.
+        match = re.search(r'field "([^"]+)"', str(exc))
+        prefix = env_name([match.group(1)]) if match else "TWOTIER_"
+        names = sorted(n for n in os.environ if n.startswith(prefix))
+        raise ConfigError(
+            f"environment: {', '.join(names) or prefix}: cannot be read ({exc}); lists and "
+            'mappings are given as JSON, e.g. \'["a", "b"]\''
+        ) from exc
     finally:
         _yaml_data.reset(token)

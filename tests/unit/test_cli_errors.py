@@ -1,0 +1,122 @@
+"""The ``twotier`` command as a person runs it: bad input gets one line and an exit code,
+never a traceback, and nothing runs on a selection that matches nothing."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from twotier.config import check_cron, load_settings
+
+
+def _twotier(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None) -> tuple:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("TWOTIER_")}
+    result = subprocess.run(
+        [sys.executable, "-m", "twotier.cli", *args],
+        env={**clean, "COLUMNS": "80", **(env or {})},
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    return result.returncode, result.stdout, result.stderr
+
+
+def _one_error_line(stderr: str) -> str:
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("error: ")]
+    assert "Traceback" not in stderr, stderr
+    assert len(errors) == 1, stderr
+    return errors[0]
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "code", "needle"),
+    [
+        (["logs", "postgres"], {}, 2, "no service 'postgres'; the services are kafka"),
+        (["score", "--rows", "notjson"], {}, 2, "--rows is not valid JSON"),
+        (["score", "--rows", '[["a"]]'], {}, 2, "'a' is not a number"),
+        (["score", "7"], {}, 2, "give a USER and --items"),
+        (["jobs", "--project", "nope"], {}, 2, "no project 'nope'; declared: memes, movielens"),
+        (["recommend", "1", "-p", "nope"], {}, 2, "no project 'nope'"),
+        (["stream-stop", "--project", "nope"], {}, 2, "no project 'nope'"),
+        (["config"], {"TWOTIER_PROJECT": "nope"}, 2, "TWOTIER_PROJECT (project): 'nope' is not"),
+        # Brackets survive: Rich markup is never read from an error text.
+        (["config"], {"TWOTIER_PROJECT": "Bad-Name"}, 2, "pattern '^[a-z][a-z0-9_]{0,39}$'"),
+        (["config"], {"TWOTIER_KAFKA__PORT": "abc"}, 2, "TWOTIER_KAFKA__PORT (kafka.port)"),
+        (
+            ["config"],
+            {"TWOTIER_PIPELINES__RETRAIN_CRON": "not a cron"},
+            2,
+            "TWOTIER_PIPELINES__RETRAIN_CRON (pipelines.retrain_cron): 'not a cron' is not",
+        ),
+        (
+            ["config"],
+            {"TWOTIER_SERVING__DEFAULT_K": "5000"},
+            2,
+            "TWOTIER_SERVING__DEFAULT_K (serving): default_k (5000) is more than max_candidates",
+        ),
+        (["config"], {"TWOTIER_STACK__SERVICES": "kafka,nope"}, 2, "TWOTIER_STACK__SERVICES"),
+    ],
+)
+def test_bad_input_is_one_line_and_an_exit_code(
+    args: list[str], env: dict[str, str], code: int, needle: str, tmp_path: Path
+) -> None:
+    rc, _, stderr = _twotier(*args, env={"TWOTIER_DATA_DIR": str(tmp_path), **env})
+    assert rc == code, stderr
+    assert needle in _one_error_line(stderr)
+
+
+def test_an_unknown_project_or_empty_selection_materialises_nothing(tmp_path: Path) -> None:
+    env = {"TWOTIER_DATA_DIR": str(tmp_path)}
+    rc, out, stderr = _twotier("materialize", "--project", "nope", env=env)
+    assert rc == 2 and "no project 'nope'; declared: memes, movielens" in _one_error_line(stderr)
+    rc, out, stderr = _twotier("materialize", "--select", "key:nothing/*", env=env)
+    assert rc == 2 and "matches no asset" in _one_error_line(stderr)
+    # Nothing started: no Dagster run, no instance folder written.
+    assert "materialising" not in out + stderr
+    assert not (tmp_path / "dagster").exists()
+
+
+def test_comma_separated_services_are_read_from_the_environment(tmp_path: Path) -> None:
+    rc, out, stderr = _twotier(
+        "config",
+        env={"TWOTIER_DATA_DIR": str(tmp_path), "TWOTIER_STACK__SERVICES": "kafka,ferretdb"},
+    )
+    assert rc == 0, stderr
+    assert "- kafka\n  - ferretdb" in out
+
+
+def test_the_default_project_follows_the_declared_ones(tmp_path: Path) -> None:
+    config = tmp_path / "twotier.yaml"
+    config.write_text(
+        "projects:\n  feed:\n    feature_groups:\n      - name: s\n        entity: user\n"
+        "        features: [{name: views, kind: counter, action: view}]\n"
+    )
+    assert load_settings(config, data_dir=tmp_path).project == "feed"
+
+
+@pytest.mark.parametrize(
+    "expression", ["0 * * * *", "*/15 9-17 * * mon-fri", "0 0 1 jan,jul *", "5,35 * * * 0-7"]
+)
+def test_cron_expressions_that_dagster_reads_pass(expression: str) -> None:
+    check_cron(expression)
+
+
+@pytest.mark.parametrize(
+    ("expression", "needle"),
+    [
+        ("not a cron", "needs 5 fields"),
+        ("61 * * * *", "minute field '61'"),
+        ("* 24 * * *", "hour field"),
+        ("*/0 * * * *", "minute field"),
+        ("* * * foo *", "month field"),
+    ],
+)
+def test_bad_cron_expressions_name_the_field(expression: str, needle: str) -> None:
+    with pytest.raises(ValueError, match=needle):
+        check_cron(expression)
