@@ -11,7 +11,7 @@ PROJECT ?= movielens
 DEMO_LIMIT ?= 20000
 PYTEST_ARGS ?=
 
-.PHONY: help setup stack-install up down status demo test test-unit test-faults test-integration lint format clean
+.PHONY: help setup stack-install browser up down status demo test test-unit test-faults test-integration lint format clean
 
 help:  ## List the targets.
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -28,6 +28,18 @@ stack-install: setup  ## Download and build Kafka, SecantusDB, FerretDB and the 
 	$(TWOTIER) install
 	$(TWOTIER) install --only ferretdb
 
+# Debian's Chromium checks the served pages headless (tests, docs screenshots); its
+# packages are kept in the cache folder, so a new machine downloads them once.
+CACHE_DIR ?= $(or $(TWOTIER_CACHE_DIR),$(HOME)/.cache/twotier)
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+browser:  ## Install Debian's chromium (headless page checks) unless it is there.
+	@command -v chromium >/dev/null || { \
+	  mkdir -p $(CACHE_DIR)/apt/archives/partial && \
+	  $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends \
+	    -o Dir::Cache::Archives=$(CACHE_DIR)/apt/archives chromium >/dev/null && \
+	  echo "installed $$(chromium --version 2>/dev/null)"; }
+
 up: setup  ## Start the local stack (idempotent).
 	$(TWOTIER) up
 
@@ -40,7 +52,7 @@ status: setup  ## Show the local stack.
 demo: setup  ## Start the stack and run the walking skeleton end to end.
 	$(BIN)/python -m twotier.infra.demo --project $(PROJECT) --dataset $(DATASET) --limit $(DEMO_LIMIT)
 
-test: setup stack-install  ## Install everything and run every test (unit, integration, e2e).
+test: setup stack-install browser  ## Install everything and run every test (unit, integration, e2e).
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 test-unit: setup  ## Unit tests only (no services).
@@ -49,7 +61,7 @@ test-unit: setup  ## Unit tests only (no services).
 test-faults: setup stack-install  ## kill -9 of each component in turn; costs in bench/results/faults.json.
 	$(BIN)/python -m pytest -m faults tests/faults $(PYTEST_ARGS)
 
-test-integration: setup stack-install  ## Integration and e2e tests (real services).
+test-integration: setup stack-install browser  ## Integration and e2e tests (real services).
 	$(BIN)/python -m pytest -m "integration or e2e" $(PYTEST_ARGS)
 
 BENCH_ARGS ?=

@@ -22,8 +22,10 @@ from typing import Any
 
 import httpx
 import numpy as np
-from fastapi import FastAPI, Header, HTTPException, Request, Response
+from fastapi import Depends, Header, HTTPException, Request, Response
 from fastapi.responses import PlainTextResponse
+from fastapi.security import HTTPBearer
+from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
 from ray.exceptions import RayActorError, RayTaskError
@@ -60,6 +62,7 @@ from twotier.serve_apps.routing import (
 from twotier.serve_apps.schemas import (
     AdminModelRequest,
     AdminModelResponse,
+    ErrorDetail,
     FirstTierRequest,
     FirstTierResponse,
     ItemScore,
@@ -134,7 +137,9 @@ def _node_metrics_url() -> str | None:
 # -- the ingress (everything it calls is defined above: @serve.ingress copies the FastAPI
 # app, and its endpoints' globals, at decoration time) ---------------------------
 
-api = FastAPI(
+# Swagger UI and ReDoc served from the app itself (fastapi-offline's copies): /docs and
+# /redoc work on a machine without internet.
+api = FastAPIOffline(
     title="twotier serving",
     description=(
         "Two-tier recommendations: tier one (candidates over the whole catalogue) and tier "
@@ -143,6 +148,32 @@ api = FastAPI(
     ),
     version="1",
 )
+
+
+def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """The documented error answers of a route: ``{"detail": "..."}`` with the reason."""
+    what = {
+        401: "No admin token: send `Authorization: Bearer <serving.admin_token>`.",
+        403: "Wrong admin token.",
+        404: "Unknown project, model, experiment, group or alias (the detail names it).",
+        413: "More candidates (or excluded ids) than serving.max_candidates.",
+        422: "The body does not validate (the detail names the field).",
+        503: "The model registry or the online store is unreachable; retry.",
+        504: "The alias moved, but some replicas did not confirm in time.",
+    }
+    return {code: {"model": ErrorDetail, "description": what[code]} for code in codes}
+
+
+TAGS = [
+    {"name": "recommend", "description": "Both tiers in one call: what an app asks."},
+    {"name": "tier one", "description": "Candidates over the whole catalogue."},
+    {"name": "tier two", "description": "Ranking candidates on online features."},
+    {"name": "models", "description": "Registered models by alias, scoring raw rows."},
+    {"name": "admin", "description": "Move an alias and hot-swap every replica."},
+    {"name": "operations", "description": "Health and metrics."},
+]
+api.openapi_tags = TAGS
+_bearer = HTTPBearer(auto_error=False, description="serving.admin_token")
 
 
 class _Metrics:
@@ -226,18 +257,20 @@ class Ingress:
 
     # -- operational routes --------------------------------------------------------
 
-    @api.get("/healthz")
+    @api.get("/healthz", tags=["operations"])
     async def healthz(self) -> dict[str, Any]:
         """Liveness of the ingress, and the alias generation it serves."""
         return {"status": "ok", "generation": self.generation}
 
-    @api.get("/v1/models")
+    @api.get("/v1/models", tags=["models"])
     async def models(self) -> dict[str, Any]:
         """Which version each known alias resolves to, and what each replica holds."""
         status: dict[str, Any] = await self.directory.status.remote()
         return status
 
-    @api.get("/metrics", response_class=PlainTextResponse)
+    @api.get(
+        "/metrics", response_class=PlainTextResponse, tags=["operations"], responses=_errors(503)
+    )
     async def prometheus(self) -> Response:
         """Prometheus text of this node: Ray Serve's metrics and twotier's.
 
@@ -257,7 +290,12 @@ class Ingress:
 
     # -- the tiers ---------------------------------------------------------------------
 
-    @api.post("/v1/{project}/first-tier-model", response_model=FirstTierResponse)
+    @api.post(
+        "/v1/{project}/first-tier-model",
+        response_model=FirstTierResponse,
+        tags=["tier one"],
+        responses=_errors(404, 413, 422, 503),
+    )
     async def first_tier(self, project: str, body: FirstTierRequest) -> FirstTierResponse:
         """A user → K candidates over the whole catalogue (tier one), best first."""
         features = self._project(project)
@@ -280,7 +318,12 @@ class Ingress:
             cold_user=found["cold"],
         )
 
-    @api.post("/v1/{project}/second-tier-model", response_model=SecondTierResponse)
+    @api.post(
+        "/v1/{project}/second-tier-model",
+        response_model=SecondTierResponse,
+        tags=["tier two"],
+        responses=_errors(404, 413, 422, 503),
+    )
     async def second_tier(self, project: str, body: SecondTierRequest) -> SecondTierResponse:
         """A user and candidate ids → tier-two scores (request order) and the ranking."""
         features = self._project(project)
@@ -313,7 +356,12 @@ class Ingress:
             features_degraded=ranked["degraded"],
         )
 
-    @api.post("/v1/{project}/recommend", response_model=RecommendResponse)
+    @api.post(
+        "/v1/{project}/recommend",
+        response_model=RecommendResponse,
+        tags=["recommend"],
+        responses=_errors(404, 413, 422, 503),
+    )
     async def recommend(self, project: str, body: RecommendRequest) -> RecommendResponse:
         """Both tiers: K candidates, seen items removed, ranked by tier two, top N."""
         features = self._project(project)
@@ -383,7 +431,12 @@ class Ingress:
             cold_user=found["cold"],
         )
 
-    @api.post("/v1/{project}/score", response_model=ScoreResponse)
+    @api.post(
+        "/v1/{project}/score",
+        response_model=ScoreResponse,
+        tags=["models"],
+        responses=_errors(404, 422, 503),
+    )
     async def score(self, project: str, body: ScoreRequest) -> ScoreResponse:
         """Raw feature rows → scores of ``<project>.<tier>.<model>@<alias>`` (debugging)."""
         features = self._project(project)
@@ -407,7 +460,13 @@ class Ingress:
 
     # -- admin ---------------------------------------------------------------------------
 
-    @api.post("/v1/admin/models", response_model=AdminModelResponse)
+    @api.post(
+        "/v1/admin/models",
+        response_model=AdminModelResponse,
+        tags=["admin"],
+        responses=_errors(401, 403, 404, 422, 503, 504),
+        dependencies=[Depends(_bearer)],  # documents the bearer scheme; checked below
+    )
     async def admin_models(
         self, body: AdminModelRequest, authorization: str | None = Header(None)
     ) -> AdminModelResponse:

@@ -33,6 +33,10 @@ class Overrides(_Body):
 class FirstTierRequest(Overrides):
     """A user (and context) → K candidates from the whole catalogue."""
 
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [{"user_id": "1", "k": 20}]}
+    )
+
     user_id: str = ID
     k: int | None = Field(None, ge=1, description="Candidates wanted (default serving.default_k).")
     exclude: list[str] = Field(default_factory=list, description="Item ids never to return.")
@@ -41,6 +45,11 @@ class FirstTierRequest(Overrides):
 
 class SecondTierRequest(Overrides):
     """A user and candidate ids → tier-two scores and the ranking."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"user_id": "1", "candidates": ["318", "296", "2571"]}]},
+    )
 
     user_id: str = ID
     candidates: list[str] = Field(min_length=1, description="Item ids to score.")
@@ -55,6 +64,11 @@ class SecondTierRequest(Overrides):
 
 class RecommendRequest(Overrides):
     """Both tiers: K candidates, seen items removed, ranked by tier two, top N."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"user_id": "1", "n": 10}, {"user_id": "429", "n": 5}]},
+    )
 
     user_id: str = ID
     n: int = Field(10, ge=1, le=1000, description="Items in the answer.")
@@ -101,6 +115,12 @@ class AdminModelRequest(_Body):
 
 
 # -- responses -------------------------------------------------------------------
+
+
+class ErrorDetail(BaseModel):
+    """Every error answer: what went wrong and, where there is one, the fix."""
+
+    detail: str = Field(examples=["no project 'nope'; declared: memes, movielens"])
 
 
 class ModelUsed(BaseModel):

@@ -12,6 +12,7 @@ os.environ.setdefault("DO_NOT_TRACK", "true")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 import json
+import re
 import threading
 import time
 import uuid
@@ -32,6 +33,7 @@ from twotier.experiments import Experiment, ExperimentGroup, assign
 from twotier.features.builtin import builtin_projects
 from twotier.features.online import OnlineFeatures
 from twotier.features.spec import CandidateSpec, ProjectFeatures
+from twotier.infra.browser import dump_dom
 from twotier.infra.service import Service
 from twotier.models.candidates import tier_one_candidates
 from twotier.models.tier_one import TierOneModel, TierOneSession, export_tier_one
@@ -257,6 +259,23 @@ def test_health_docs_and_openapi(world: World) -> None:
         "/metrics",
     ):
         assert path in paths
+
+
+def test_docs_and_redoc_render_without_internet_in_headless_chromium(world: World) -> None:
+    """Swagger UI and ReDoc come from the app itself: the pages list the routes offline."""
+    for page in ("/docs", "/redoc"):
+        html = httpx.get(f"{world.url}{page}", timeout=10).text
+        # Every script and style the page loads is served by the app (no CDN).
+        sources = re.findall(r'(?:src|href)="([^"]+)"', html)
+        assert sources and all(src.startswith("/") for src in sources), sources
+        for src in sources:
+            assert httpx.get(f"{world.url}{src}", timeout=10).status_code == 200, src
+    swagger = dump_dom(f"{world.url}/docs")
+    assert "swagger-ui" in swagger
+    for path in ("/v1/{project}/recommend", "/v1/{project}/first-tier-model", "/healthz"):
+        assert path in swagger, f"{path} not rendered by Swagger UI"
+    redoc = dump_dom(f"{world.url}/redoc")
+    assert "/v1/{project}/recommend" in redoc and "twotier serving" in redoc
 
 
 @pytest.mark.parametrize("group", ["control", "treatment"])
