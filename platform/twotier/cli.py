@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from importlib.metadata import entry_points
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -24,11 +24,28 @@ from twotier.errors import TwotierError
 console = Console(stderr=True, highlight=False, soft_wrap=True)
 app = typer.Typer(
     name="twotier",
+    # Help texts are Markdown: `code` shows as code, never as literal backticks.
+    rich_markup_mode="markdown",
     help="twotier: a platform for two-tier recommender systems. Start with `twotier up`.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
+
+
+def _flag_type_hidden() -> None:
+    """A flag's help row shows no ``<bool>`` type: a flag takes no value."""
+    from typer.core import TyperOption
+
+    shown = TyperOption.display_type_rich
+
+    def display_type_rich(self: TyperOption, ctx: Any) -> str | None:
+        return None if self.is_flag else shown(self, ctx)
+
+    TyperOption.display_type_rich = display_type_rich  # type: ignore[method-assign]
+
+
+_flag_type_hidden()
 
 ConfigOption = Annotated[
     Path | None,
@@ -189,6 +206,9 @@ def generate_command(
 
 
 def _load_plugins() -> None:
+    from twotier.inspect_cli import register
+
+    register(app)  # projects, features, models, online
     for ep in entry_points(group="twotier.cli"):
         ep.load()(app)
 

@@ -3,6 +3,7 @@ never a traceback, and nothing runs on a selection that matches nothing."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -120,3 +121,47 @@ def test_cron_expressions_that_dagster_reads_pass(expression: str) -> None:
 def test_bad_cron_expressions_name_the_field(expression: str, needle: str) -> None:
     with pytest.raises(ValueError, match=needle):
         check_cron(expression)
+
+
+def test_projects_and_features_show_the_declared_contract(tmp_path: Path) -> None:
+    env = {"TWOTIER_DATA_DIR": str(tmp_path)}
+    rc, out, stderr = _twotier("projects", "--json", env=env)
+    assert rc == 0, stderr
+    projects = {p["project"]: p for p in json.loads(out)}
+    assert (
+        projects["movielens"]["default"] and "item_attrs" in projects["movielens"]["feature_groups"]
+    )
+    rc, out, _ = _twotier("features", "--json", env=env)
+    columns = json.loads(out)["item_attrs"]["columns"]
+    assert columns[0] == "genre__Action" and columns[-1] == "year"
+    rc, out, _ = _twotier("features", "item_attrs", env=env)
+    assert rc == 0 and "genre__Action … (19)" in out
+    assert max(len(line) for line in out.splitlines()) <= 80  # read at 80 columns
+    rc, out, _ = _twotier("projects", env=env)
+    assert rc == 0 and max(len(line) for line in out.splitlines()) <= 80
+    rc, _, stderr = _twotier("features", "nope", env=env)
+    assert rc == 2 and "no feature group 'nope'" in _one_error_line(stderr)
+
+
+def test_models_and_online_name_the_service_that_is_down(tmp_path: Path) -> None:
+    env = {
+        "TWOTIER_DATA_DIR": str(tmp_path),
+        "TWOTIER_MLFLOW__PORT": "9",
+        "TWOTIER_SECANTUSDB__PORT": "9",
+        "TWOTIER_FERRETDB__PORT": "9",
+    }
+    rc, _, stderr = _twotier("models", env=env)
+    assert rc == 1 and "model registry at http://127.0.0.1:9 does not answer" in _one_error_line(
+        stderr
+    )
+    rc, _, stderr = _twotier("online", "1", env=env)
+    assert rc == 1 and "cannot read the online store at mongodb://127.0.0.1:9/" in _one_error_line(
+        stderr
+    )
+
+
+def test_help_shows_no_flag_types_and_no_backticks(tmp_path: Path) -> None:
+    rc, out, _ = _twotier("recommend", "--help", env={"TWOTIER_DATA_DIR": str(tmp_path)})
+    assert rc == 0
+    assert "<bool>" not in out and "`" not in out
+    assert "--json" in out and "--group" in out
