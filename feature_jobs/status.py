@@ -200,3 +200,23 @@ def job_summary(status: Mapping[str, Any], now_ms: int | None = None) -> str:
     if status.get("error"):
         line += f"; error: {status['error']}"
     return line
+
+
+def lag_now(settings: Settings, status: Mapping[str, Any]) -> int | None:
+    """Records in the topic now that the job has not processed: Kafka's end offsets now
+    minus the offsets of the last batch (``None`` when Kafka does not answer).
+
+    ``lag`` in the status is as of the last batch; a job that stopped or hangs shows its
+    real distance only here.
+    """
+    from twotier.naming import events_topic
+
+    processed = {int(p): int(o) for p, o in (status.get("processed_offsets") or {}).items()}
+    offsets = KafkaOffsets(settings)
+    try:
+        end = offsets.end_offsets(events_topic(str(status.get("project"))))
+    except Exception:  # kafka-python's errors when the broker is away
+        return None
+    finally:
+        offsets.close()
+    return sum(lag_of(end, processed).values())

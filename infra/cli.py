@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.table import Table
 
 from twotier.cli import console, fail, progress_lines, state
+from twotier.infra.service import ServiceStatus
 
 OnlyOption = Annotated[
     list[str] | None,
@@ -28,6 +30,7 @@ def up(only: OnlyOption = None) -> None:
     with progress_lines("starting the local stack") as show:
         stack.up(show)
     console.print(f"[green]stack up[/green] in {time.monotonic() - started:.1f} s")
+    remember_stack(settings)
     _print_status(stack)
 
 
@@ -41,14 +44,62 @@ def down(only: OnlyOption = None) -> None:
     console.print("[green]stack down[/green]")
 
 
+LAST_STACK = "last-stack.json"
+"""In the cache folder: the data folder of the last ``twotier up``, for ``status`` elsewhere."""
+
+
+def remember_stack(settings: object) -> None:
+    """Record where the stack just started runs, so ``twotier status`` finds it from any folder."""
+    import json
+
+    from twotier.config import Settings
+
+    assert isinstance(settings, Settings)
+    settings.cache.mkdir(parents=True, exist_ok=True)
+    (settings.cache / LAST_STACK).write_text(json.dumps({"data_dir": str(settings.data_dir)}))
+
+
+def _stack_settings(settings: object) -> object:
+    """``settings``, or — when its data folder holds no stack and none was configured —
+    the settings pointed at the data folder of the last ``twotier up``."""
+    import json
+    import os
+
+    from twotier.config import Settings
+
+    assert isinstance(settings, Settings)
+    default = Path(".twotier").resolve()
+    configured = settings.data_dir != default or "TWOTIER_DATA_DIR" in os.environ
+    if configured or (settings.data_dir / "run").is_dir():
+        return settings
+    try:
+        last = Path(json.loads((settings.cache / LAST_STACK).read_text())["data_dir"])
+    except (OSError, ValueError, KeyError):
+        return settings
+    if not (last / "run").is_dir():
+        return settings
+    console.print(f"[dim]no stack under {settings.data_dir}; showing the last one started[/dim]")
+    return settings.model_copy(update={"data_dir": last})
+
+
 def status(only: OnlyOption = None) -> None:
-    """Show each service: running, healthy, pid, endpoint."""
+    """Show each service: running, healthy, pid, endpoint; exit 1 if one is not healthy."""
+    from twotier.config import Settings
     from twotier.infra.stack import Stack
 
-    settings = state.settings()
-    _print_status(Stack(settings, only))
+    settings = _stack_settings(state.settings())
+    assert isinstance(settings, Settings)
+    stack = Stack(settings, only)
+    statuses = _print_status(stack)
     _print_online_store(settings)
     _print_jobs(settings)
+    down = [s.name for s in statuses if not s.healthy]
+    if down:
+        console.print(
+            f"[yellow]not healthy:[/yellow] {', '.join(down)}\n"
+            "  `twotier up` starts them; `twotier logs SERVICE` shows why one failed"
+        )
+        raise typer.Exit(1)
 
 
 def _print_online_store(settings: object) -> None:
@@ -82,8 +133,11 @@ def _print_jobs(settings: object) -> None:
         from twotier.feature_jobs.status import all_statuses, job_summary
     except ImportError:  # feature jobs not installed alongside the stack
         return
+    from twotier.feature_jobs.status import lag_now
+
     for job in all_statuses(settings).values():
-        console.print(job_summary(job))
+        now = lag_now(settings, job)
+        console.print(f"{job_summary(job)}; lag now {'?' if now is None else now}")
 
 
 def install(only: OnlyOption = None) -> None:
@@ -115,14 +169,15 @@ def logs(
     typer.echo("\n".join(log.read_text(errors="replace").splitlines()[-lines:]))
 
 
-def _print_status(stack: object) -> None:
+def _print_status(stack: object) -> list[ServiceStatus]:
     from twotier.infra.stack import Stack
 
     assert isinstance(stack, Stack)
+    statuses = stack.status()
     table = Table(title=f"twotier stack ({stack.settings.data_dir})")
     for column in ("service", "state", "pid", "endpoint"):
         table.add_column(column)
-    for s in stack.status():
+    for s in statuses:
         label = (
             "[green]healthy[/green]"
             if s.healthy
@@ -132,6 +187,7 @@ def _print_status(stack: object) -> None:
         )
         table.add_row(s.name, label, str(s.pid or ""), s.endpoint)
     console.print(table)
+    return statuses
 
 
 def register(app: typer.Typer) -> None:

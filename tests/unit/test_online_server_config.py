@@ -158,7 +158,33 @@ def test_twotier_status_names_the_online_store_server(
     app = typer.Typer()
     register(app)
     result = CliRunner().invoke(app, ["status"], env={"TWOTIER_DATA_DIR": str(tmp_path), **env})
-    assert result.exit_code == 0, result.output
-    for text in expected:
+    assert result.exit_code == 1, result.output  # nothing runs here: not healthy
+    for text in [*expected, "not healthy:"]:
         assert text in result.output
     assert all(len(line) <= 80 for line in result.output.splitlines()), result.output
+
+
+def test_status_from_another_folder_finds_the_last_stack_started(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import json
+
+    import typer
+    from typer.testing import CliRunner
+
+    from twotier.infra.cli import LAST_STACK, register
+
+    stack_dir = tmp_path / "repo" / ".twotier"
+    (stack_dir / "run").mkdir(parents=True)
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    (cache / LAST_STACK).write_text(json.dumps({"data_dir": str(stack_dir)}))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    monkeypatch.delenv("TWOTIER_DATA_DIR", raising=False)
+    app = typer.Typer()
+    register(app)
+    result = CliRunner().invoke(app, ["status"], env={"TWOTIER_CACHE_DIR": str(cache)})
+    assert "showing the last one started" in result.output, result.output
+    assert str(stack_dir) in result.output.replace("\n", "")
