@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import shlex
 import shutil
 import subprocess
 import sys
@@ -48,10 +49,12 @@ def _step(number: int, title: str, why: str) -> None:
 def _twotier(*args: str) -> None:
     exe = shutil.which("twotier", path=str(Path(sys.executable).parent)) or "twotier"
     started = time.monotonic()
-    console.print(f"[cyan]$ twotier {' '.join(args)}[/cyan]")
+    # Quoted as a shell would need it, so the line can be pasted.
+    line = shlex.join(["twotier", *args])
+    console.print(f"[cyan]$ {escape(line)}[/cyan]")
     rc = subprocess.run([exe, *args], check=False).returncode
     if rc != 0:
-        console.print(f"[bold red]demo stopped:[/bold red] `twotier {' '.join(args)}` exited {rc}")
+        console.print(f"[bold red]demo stopped:[/bold red] `{escape(line)}` exited {rc}")
         raise SystemExit(rc)
     console.print(f"[dim]done in {time.monotonic() - started:.1f} s[/dim]")
 
@@ -247,6 +250,14 @@ def _move_champion(settings: Settings, project: str, version: str) -> dict[str, 
     return swap
 
 
+def assign_group(settings: Settings, project: str, user: str) -> str | None:
+    """The A/B group the project's first experiment assigns ``user`` to (None: none)."""
+    from twotier.experiments import assign
+
+    experiments = settings.project_features(project).experiments
+    return assign(project, experiments[0], user) if experiments else None
+
+
 def _hot_swap(settings: Settings, project: str, user: str) -> None:
     """Swap champion to the challenger, then keep it only if it wins on the hold-out."""
     from twotier.registry import resolve
@@ -269,7 +280,9 @@ def _hot_swap(settings: Settings, project: str, user: str) -> None:
     console.print(table)
     swap = _move_champion(settings, project, challenger)
     answer = _recommend(settings, project, user, group="control")
-    console.print(f"user {user}, asked as group control, is now served {_versions(answer)}")
+    assigned = assign_group(settings, project, user)
+    forced = "" if assigned == "control" else f" (assigned to {assigned}; forced to control)"
+    console.print(f"user {user}{forced} is now served {_versions(answer)}")
     key = "two_tier_ndcg_at_10"
     if key in ours and key in theirs and theirs[key] < ours[key]:
         console.print(

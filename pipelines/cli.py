@@ -16,8 +16,12 @@ IN_PROCESS: dict[str, Any] = {"execution": {"config": {"in_process": {}}}}
 """Run config: every step in the run's own process (one import instead of one per step)."""
 
 
-def run_config(config_json: str | None, in_process: bool) -> dict[str, Any]:
-    """The run config: ``config_json`` (a JSON object) plus in-process execution if asked.
+def run_config(
+    config_json: str | None, in_process: bool, log_level: str = "INFO"
+) -> dict[str, Any]:
+    """The run config: ``config_json`` (a JSON object) plus in-process execution if asked,
+    and Dagster's console logger at ``log_level`` (its DEBUG events are most of a run's
+    output) unless the JSON sets ``loggers``.
 
     Raises:
         ValueError: ``config_json`` is not a JSON object.
@@ -32,6 +36,8 @@ def run_config(config_json: str | None, in_process: bool) -> dict[str, Any]:
             raise ValueError(f"--config-json must be a JSON object, got {config_json!r}")
     if in_process and "execution" not in config:
         config = {**config, **IN_PROCESS}
+    if "loggers" not in config:
+        config = {**config, "loggers": {"console": {"config": {"log_level": log_level}}}}
     return config
 
 
@@ -83,6 +89,10 @@ def materialize(
     in_process: Annotated[
         bool, typer.Option(help="Run every step in the run's process (faster locally).")
     ] = True,
+    log_level: Annotated[
+        str,
+        typer.Option(help="Dagster's console log level: DEBUG shows every engine event."),
+    ] = "INFO",
 ) -> None:
     """Materialise assets through Dagster, recorded in the instance the Dagster UI shows.
 
@@ -109,7 +119,7 @@ def materialize(
         first, last = all_partitions(settings.pipelines.partitions_start)
         partition_range = f"{first}...{last}"
     try:
-        config = run_config(config_json, in_process)
+        config = run_config(config_json, in_process, log_level.upper())
     except ValueError as exc:
         raise fail(str(exc)) from None
     env = {**os.environ, **settings.to_env(), "DAGSTER_HOME": str(settings.dagster_home)}

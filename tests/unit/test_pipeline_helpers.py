@@ -221,8 +221,18 @@ def test_serving_resource_follows_settings() -> None:
 def test_materialize_run_config_adds_in_process_execution() -> None:
     from twotier.pipelines.cli import IN_PROCESS, run_config
 
-    assert run_config(None, True) == IN_PROCESS
-    assert run_config(None, False) == {}
+    quiet = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
+    assert run_config(None, True) == {**IN_PROCESS, **quiet}
+    assert run_config(None, False) == quiet
+    assert run_config(None, False, "DEBUG")["loggers"]["console"]["config"]["log_level"] == "DEBUG"
+    # Dagster accepts it: its default console logger takes the level.
+    import dagster as dg
+
+    @dg.asset
+    def one() -> int:
+        return 1
+
+    assert dg.materialize([one], run_config=quiet).success
     ops = '{"ops": {"movielens__tier2_ranker": {"config": {"auc_floor": 0.6}}}}'
     assert run_config(ops, True)["ops"]["movielens__tier2_ranker"]["config"]["auc_floor"] == 0.6
     with pytest.raises(ValueError, match="not valid JSON"):
