@@ -108,6 +108,10 @@ def register_onnx(
     alias: str | None = "champion",
     spec: ModelFeatureSpec | None = None,
     tags: dict[str, str] | None = None,
+    run_name: str | None = None,
+    run_tags: dict[str, str] | None = None,
+    description: str | None = None,
+    metric_steps: dict[str, list[float]] | None = None,
 ) -> ModelVersionRef:
     """Log an ONNX model in a new run, register it as a new version and set an alias.
 
@@ -123,6 +127,11 @@ def register_onnx(
         spec: The model-features spec serving rebuilds the input layout from; logged
             as the run artifact ``model_features.json`` (read it with ``load_spec``).
         tags: Extra model-version tags.
+        run_name: The run's name in the MLflow UI (default: MLflow's random one).
+        run_tags: Tags of the run (project, tier, model, the Dagster run that made it).
+        description: The new version's description (a short model card, Markdown).
+        metric_steps: Metrics logged step by step (e.g. hold-out AUC per boosting round),
+            plotted as curves in the run's charts.
 
     Returns:
         The new version.
@@ -135,11 +144,14 @@ def register_onnx(
         mlflow.set_tracking_uri(tracking_uri)
         mlflow.set_registry_uri(tracking_uri)
         mlflow.set_experiment(experiment)
-        with mlflow.start_run() as run:
+        with mlflow.start_run(run_name=run_name, tags=run_tags) as run:
             if params:
                 mlflow.log_params(params)
             if metrics:
                 mlflow.log_metrics(metrics)
+            for key, values in (metric_steps or {}).items():
+                for step, point in enumerate(values, start=1):
+                    mlflow.log_metric(key, float(point), step=step)
             mlflow.log_dict({"feature_names": feature_names}, "feature_spec.json")
             if spec is not None:
                 mlflow.log_dict(spec.model_dump(mode="json"), SPEC_ARTIFACT)
@@ -147,12 +159,19 @@ def register_onnx(
             # hand it a copy so the caller's model stays whole.
             logged = onnx.ModelProto()
             logged.CopyFrom(onnx_model)
-            info = mlflow.onnx.log_model(logged, name="model", registered_model_name=name)
+            info = mlflow.onnx.log_model(
+                logged,
+                name="model",
+                registered_model_name=name,
+                signature=_signature(feature_names),
+            )
         c = client(tracking_uri)
         version = str(info.registered_model_version)
         c.set_model_version_tag(name, version, FEATURES_TAG, json.dumps(feature_names))
         for key, value in (tags or {}).items():
             c.set_model_version_tag(name, version, key, value)
+        if description:
+            c.update_model_version(name, version, description=description)
         if alias:
             c.set_registered_model_alias(name, alias, version)
     except (MlflowException, RequestException, OSError) as exc:
@@ -160,6 +179,17 @@ def register_onnx(
             raise _unreachable_error(tracking_uri, f"registering {name!r}", exc) from exc
         raise
     return ModelVersionRef(name, version, run.info.run_id, tuple(feature_names))
+
+
+def _signature(feature_names: list[str]) -> Any:
+    """The input signature: one float column per feature, named as the model's columns
+    (None for a model without named inputs, e.g. tier one's user-id graph)."""
+    if not feature_names:
+        return None
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, Schema
+
+    return ModelSignature(inputs=Schema([ColSpec("float", n) for n in feature_names]))
 
 
 def set_alias(tracking_uri: str, name: str, alias: str, version: str | int) -> None:

@@ -77,3 +77,35 @@ def test_registering_leaves_the_callers_model_whole(mlflow_server: Service) -> N
         registry.load_onnx_bytes(mlflow_server.endpoint, *ref.model_id.split("/"))
     )
     assert numpy_helper.to_array(loaded.graph.initializer[0]).shape == (2, 2048)
+
+
+def test_a_run_is_named_tagged_and_its_version_carries_a_model_card(
+    mlflow_server: Service,
+) -> None:
+    from mlflow.models import get_model_info
+
+    name = f"cards.tier2.m{uuid.uuid4().hex[:6]}"
+    ref = registry.register_onnx(
+        _identity(),
+        tracking_uri=mlflow_server.endpoint,
+        name=name,
+        feature_names=["user_stats.views", "item_stats.views"],
+        experiment="cards",
+        metrics={"auc": 0.75},
+        alias=None,
+        run_name="cards.tier2.m abcdef12",
+        run_tags={"twotier.project": "cards", "dagster.run_id": "abcdef12-run"},
+        description="**a model card**\n\n- hold-out AUC: 0.7500",
+        metric_steps={"holdout_auc_by_round": [0.6, 0.7, 0.75]},
+    )
+    c = registry.client(mlflow_server.endpoint)
+    run = c.get_run(ref.run_id)
+    assert run.info.run_name == "cards.tier2.m abcdef12"
+    assert run.data.tags["twotier.project"] == "cards"
+    assert run.data.tags["dagster.run_id"] == "abcdef12-run"
+    steps = c.get_metric_history(ref.run_id, "holdout_auc_by_round")
+    assert [(m.step, m.value) for m in steps] == [(1, 0.6), (2, 0.7), (3, 0.75)]
+    assert "hold-out AUC: 0.7500" in c.get_model_version(name, ref.version).description
+    # The signature names the model's input columns.
+    info = get_model_info(f"models:/{name}/{ref.version}")
+    assert info.signature.inputs.input_names() == ["user_stats.views", "item_stats.views"]

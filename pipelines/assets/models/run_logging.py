@@ -53,3 +53,49 @@ class Stopwatch:
         now = time.perf_counter()
         self.seconds[step] = round(now - self._last, 3)
         self._last = now
+
+
+def run_identity(context: Any, project: str, tier: str, model: str) -> tuple[str, dict[str, str]]:
+    """The MLflow run name and tags of a model asset's run: which project, tier and model,
+    and a link back to the Dagster run that trained it."""
+    import os
+
+    host = os.environ.get("TWOTIER_DAGSTER__HOST", "127.0.0.1")
+    port = os.environ.get("TWOTIER_DAGSTER__PORT", "3000")
+    run_id = str(context.run_id)
+    tags = {
+        "twotier.project": project,
+        "twotier.tier": tier,
+        "twotier.model": model,
+        "dagster.run_id": run_id,
+        "dagster.run_url": f"http://{host}:{port}/runs/{run_id}",
+    }
+    for key in ("twotier/role", "dagster/partition"):
+        if key in context.run.tags:
+            tags[key.replace("/", ".")] = str(context.run.tags[key])
+    return f"{project}.{tier}.{model} {run_id[:8]}", tags
+
+
+def model_card(
+    title: str,
+    window: tuple[int, int],
+    rows: int,
+    metrics: Mapping[str, float],
+    lines: list[tuple[str, str]],
+) -> str:
+    """A registered version's description: what it is, trained on what, measured how."""
+    import datetime as dt
+
+    def day(ms: int) -> str:
+        return dt.datetime.fromtimestamp(ms / 1000, dt.UTC).strftime("%Y-%m-%d")
+
+    out = [
+        f"**{title}**",
+        "",
+        f"- training data: {rows:,} rows, events {day(window[0])} to {day(window[1])} "
+        "(the later events are the hold-out)",
+    ]
+    for label, key in lines:
+        if key in metrics:
+            out.append(f"- {label}: {metrics[key]:.4f}")
+    return "\n".join(out)

@@ -25,7 +25,13 @@ from twotier.pipelines.assets.keys import (
     group_name,
 )
 from twotier.pipelines.assets.models.gates import beats_popularity_gate, gate_check, parity_gate
-from twotier.pipelines.assets.models.run_logging import Stopwatch, flat_params, log_figures
+from twotier.pipelines.assets.models.run_logging import (
+    Stopwatch,
+    flat_params,
+    log_figures,
+    model_card,
+    run_identity,
+)
 from twotier.pipelines.assets.outputs import RegisteredModel
 from twotier.pipelines.assets.partitions import SINGLE_RUN
 from twotier.pipelines.resources import MLflowResource, OfflineStoreResource
@@ -133,6 +139,14 @@ def make_tier_one_model(project: str) -> dg.AssetsDefinition:
             "items": float(len(model.item_ids)),
         }
         onnx_bytes = graph.SerializeToString()  # before mlflow moves weights to external data
+        run_name, run_tags = run_identity(context, project, "tier1", "candidates")
+        card = model_card(
+            f"{project} tier-one candidates (implicit ALS as an ONNX top-k graph)",
+            (int(train["ts"].min()), int(cutoff)),
+            len(train),
+            metrics,
+            [(k.replace("_", " "), k) for k in sorted(metrics) if "recall" in k][:6],
+        )
         ref = register_onnx(
             graph,
             tracking_uri=mlflow.tracking_uri,
@@ -152,6 +166,9 @@ def make_tier_one_model(project: str) -> dg.AssetsDefinition:
             alias=None,
             spec=None,
             tags={"twotier.tier": "tier1", "twotier.cutoff_ts": str(cutoff)},
+            run_name=run_name,
+            run_tags=run_tags,
+            description=card,
         )
         run_id = ref.run_id or ""
         plots = log_figures(

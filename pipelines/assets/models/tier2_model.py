@@ -37,6 +37,8 @@ from twotier.pipelines.assets.models.run_logging import (
     flat_params,
     log_figures,
     log_metrics,
+    model_card,
+    run_identity,
 )
 from twotier.pipelines.assets.outputs import RegisteredModel
 from twotier.pipelines.assets.partitions import SINGLE_RUN
@@ -203,6 +205,23 @@ def make_tier_two_model(project: str, features: ProjectFeatures, model: str) -> 
             holdout["label"].to_numpy(),
         )
         metrics = {**trained.metrics, **evaluation}
+        run_name, run_tags = run_identity(context, project, "tier2", model)
+        card = model_card(
+            f"{project} tier-two ranker {model!r} (XGBoost as ONNX, {len(spec.columns())} "
+            f"input columns), on tier one v{tier_one.version}",
+            (int(rows["ts"].min()), int(cutoff)),
+            len(rows),
+            metrics,
+            [
+                ("hold-out AUC", "auc"),
+                ("NDCG@10, known users: two tiers", "two_tier_known_ndcg_at_10"),
+                ("NDCG@10, known users: all-time popularity", "popularity_known_ndcg_at_10"),
+                ("NDCG@10, known users: recent popularity", "recent_popularity_known_ndcg_at_10"),
+                ("NDCG@10, all users: two tiers", "two_tier_ndcg_at_10"),
+                ("known hold-out users", "eval_known_users"),
+                ("ONNX vs XGBoost parity (max abs diff)", "parity_max_abs_diff"),
+            ],
+        )
         ref = register_onnx(
             trained.onnx_model,
             tracking_uri=mlflow.tracking_uri,
@@ -230,6 +249,10 @@ def make_tier_two_model(project: str, features: ProjectFeatures, model: str) -> 
                 "twotier.cutoff_ts": str(cutoff),
                 "twotier.tier1_version": tier_one.version,
             },
+            run_name=run_name,
+            run_tags=run_tags,
+            description=card,
+            metric_steps={"holdout_auc_by_round": [float(a) for a in round_auc]},
         )
         run_id = ref.run_id or ""
         importance = trained.native.feature_importances_
