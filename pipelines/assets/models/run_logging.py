@@ -70,10 +70,28 @@ def run_identity(context: Any, project: str, tier: str, model: str) -> tuple[str
         "dagster.run_id": run_id,
         "dagster.run_url": f"http://{host}:{port}/runs/{run_id}",
     }
-    for key in ("twotier/role", "dagster/partition"):
-        if key in context.run.tags:
-            tags[key.replace("/", ".")] = str(context.run.tags[key])
-    return f"{project}.{tier}.{model} {run_id[:8]}", tags
+    alias = promoted_alias(context.run.run_config, project)
+    tags["twotier.alias"] = alias
+    # The Dagster run says whether it trains a champion or a challenger (run list filter).
+    try:
+        context.instance.add_run_tags(run_id, {"twotier/alias": alias})
+    except Exception as exc:  # tagging is a courtesy; a read-only instance must not fail a run
+        log.warning("could not tag run %s: %s", run_id, exc)
+    return f"{project}.{tier}.{model} {alias} {run_id[:8]}", tags
+
+
+def promoted_alias(run_config: Mapping[str, Any] | None, project: str) -> str:
+    """The alias this run's promotion moves: its configured ``alias``, else ``champion``.
+
+    Example:
+        >>> promoted_alias({"ops": {"p__promotion": {"config": {"alias": "challenger"}}}}, "p")
+        'challenger'
+        >>> promoted_alias({}, "p")
+        'champion'
+    """
+    ops = (run_config or {}).get("ops") or {}
+    config = (ops.get(f"{project}__promotion") or {}).get("config") or {}
+    return str(config.get("alias", "champion"))
 
 
 def model_card(
@@ -99,3 +117,18 @@ def model_card(
         if key in metrics:
             out.append(f"- {label}: {metrics[key]:.4f}")
     return "\n".join(out)
+
+
+def mlflow_run_url(tracking_uri: str, run_id: str) -> str:
+    """The MLflow UI page of a run, under its experiment."""
+    base = tracking_uri.rstrip("/")
+    try:
+        experiment = client(tracking_uri).get_run(run_id).info.experiment_id
+    except Exception:  # the page link is a courtesy: never fail a run for it
+        return f"{base}/#/runs/{run_id}"
+    return f"{base}/#/experiments/{experiment}/runs/{run_id}"
+
+
+def mlflow_model_url(tracking_uri: str, name: str, version: str) -> str:
+    """The MLflow UI page of a registered model version."""
+    return f"{tracking_uri.rstrip('/')}/#/models/{name}/versions/{version}"

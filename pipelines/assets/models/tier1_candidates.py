@@ -29,6 +29,8 @@ from twotier.pipelines.assets.models.run_logging import (
     Stopwatch,
     flat_params,
     log_figures,
+    mlflow_model_url,
+    mlflow_run_url,
     model_card,
     run_identity,
 )
@@ -203,7 +205,12 @@ def make_tier_one_model(project: str) -> dg.AssetsDefinition:
                 "model_name": name,
                 "version": ref.version,
                 "run_id": run_id,
+                "mlflow_run": dg.MetadataValue.url(mlflow_run_url(mlflow.tracking_uri, run_id)),
+                "mlflow_model": dg.MetadataValue.url(
+                    mlflow_model_url(mlflow.tracking_uri, name, ref.version)
+                ),
                 "cutoff_ts": cutoff,
+                "holdout_from": dg.MetadataValue.timestamp(cutoff / 1000),
                 "plots": plots,
                 "seconds": dg.MetadataValue.json(watch.seconds),
                 **{k: float(v) for k, v in metrics.items()},

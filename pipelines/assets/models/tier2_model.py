@@ -37,6 +37,8 @@ from twotier.pipelines.assets.models.run_logging import (
     flat_params,
     log_figures,
     log_metrics,
+    mlflow_model_url,
+    mlflow_run_url,
     model_card,
     run_identity,
 )
@@ -303,8 +305,13 @@ def make_tier_two_model(project: str, features: ProjectFeatures, model: str) -> 
                 "model_name": name,
                 "version": ref.version,
                 "run_id": run_id,
+                "mlflow_run": dg.MetadataValue.url(mlflow_run_url(mlflow.tracking_uri, run_id)),
+                "mlflow_model": dg.MetadataValue.url(
+                    mlflow_model_url(mlflow.tracking_uri, name, ref.version)
+                ),
                 "tier_one_version": tier_one.version,
                 "cutoff_ts": cutoff,
+                "holdout_from": dg.MetadataValue.timestamp(cutoff / 1000),
                 "feature_columns": spec.columns(),
                 "plots": plots,
                 "seconds": dg.MetadataValue.json(watch.seconds),
