@@ -166,6 +166,14 @@ def test_whole_graph_registers_both_tiers_and_promotes_them(
     assert spec == graph_settings.project_features(PROJECT).model_spec("ranker")
     version = c.get_model_version(TIER2, str(tier2["version"]))
     assert version.tags["twotier.tier"] == "tier2"
+    # A named run that links back to Dagster, and a model card on the version.
+    assert run2.info.run_name.startswith(f"{PROJECT}.tier2.ranker champion ")
+    assert run2.data.tags["dagster.run_id"] == first_run.run_id
+    assert run2.data.tags["dagster.run_url"].endswith(f"/runs/{first_run.run_id}")
+    assert "hold-out AUC" in version.description and "training data:" in version.description
+    assert len(c.get_metric_history(run2.info.run_id, "holdout_auc_by_round")) == 60
+    assert str(tier2["mlflow_run"]).endswith(f"/runs/{run2.info.run_id}")
+    assert run2.data.tags["twotier.alias"] == "champion"
 
     run1 = c.get_run(str(tier1["run_id"]))
     assert "tier_one_recall_at_100" in run1.data.metrics
