@@ -405,6 +405,8 @@ class Ingress:
         else:
             top = keep[np.argsort(-scores[keep], kind="stable")][: body.n]
         items = [ItemScore(item_id=candidates[i], score=float(scores[i])) for i in top]
+        if body.attributes and items:
+            await self._attach_attributes(project, items, body.attributes)
         request_id = uuid.uuid4().hex
         self.metrics.recommendations.inc(
             tags={
@@ -501,6 +503,22 @@ class Ingress:
             replicas=synced["replicas"],
             seconds=round(time.monotonic() - started, 3),
         )
+
+    async def _attach_attributes(
+        self, project: str, items: list[ItemScore], names: list[str]
+    ) -> None:
+        """Each item's asked-for attributes from the item data (one read for all of them)."""
+        from twotier.items import ItemDataError, read_items
+
+        ids = [i.item_id for i in items]
+        try:
+            found = await asyncio.to_thread(read_items, self.settings, project, ids)
+        except ItemDataError as exc:
+            raise HTTPException(503, str(exc)) from exc
+        for item in items:
+            data = found.get(item.item_id)
+            held = data.attributes if data is not None else {}
+            item.attributes = {n: held[n] for n in names if n in held}
 
     def _authorize(self, authorization: str | None) -> None:
         if not authorization:

@@ -159,7 +159,9 @@ def recommend(
 
     settings = state.settings()
     project = project_of(settings, project)
-    extra = {k: v for k, v in (("alias", alias), ("group", group)) if v}
+    extra: dict[str, Any] = {k: v for k, v in (("alias", alias), ("group", group)) if v}
+    if not as_json:
+        extra["attributes"] = ["title"]
     try:
         answer = recommend_over_http(settings, project, user, n, **extra)
     except ServingError as exc:
@@ -167,8 +169,9 @@ def recommend(
     if as_json:
         typer.echo(json.dumps(answer, indent=2))
         return
-    ids = [i["item_id"] for i in answer["items"]]
-    titles = _titles(settings, project, ids)
+    titles = {
+        i["item_id"]: str((i.get("attributes") or {}).get("title", "")) for i in answer["items"]
+    }
     table = Table(title=f"recommendations for user {escape(user)} ({escape(project)})")
     table.add_column("#", justify="right")
     table.add_column("item")

@@ -67,7 +67,9 @@ class RecommendRequest(Overrides):
 
     model_config = ConfigDict(
         extra="forbid",
-        json_schema_extra={"examples": [{"user_id": "1", "n": 10}, {"user_id": "429", "n": 5}]},
+        json_schema_extra={
+            "examples": [{"user_id": "1", "n": 10, "attributes": ["title"]}, {"user_id": "429"}]
+        },
     )
 
     user_id: str = ID
@@ -82,6 +84,12 @@ class RecommendRequest(Overrides):
     exclude: list[str] = Field(default_factory=list, description="Item ids the caller knows seen.")
     request_features: dict[str, float] = Field(default_factory=dict)
     context: dict[str, str] = Field(default_factory=dict)
+    attributes: list[str] = Field(
+        default_factory=list,
+        max_length=20,
+        description='Item attributes to return with each item, e.g. ["title", "genres"] '
+        "(from the project's item data; an item without one leaves it out).",
+    )
 
 
 class ScoreRequest(_Body):
@@ -147,6 +155,9 @@ class Served(BaseModel):
 class ItemScore(BaseModel):
     item_id: str
     score: float
+    attributes: dict[str, str | list[str]] | None = Field(
+        None, description="The item's data asked for in `attributes` (e.g. its title)."
+    )
 
 
 _COLD = (

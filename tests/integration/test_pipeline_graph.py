@@ -170,7 +170,8 @@ def test_whole_graph_registers_both_tiers_and_promotes_them(
     assert run2.info.run_name.startswith(f"{PROJECT}.tier2.ranker champion ")
     assert run2.data.tags["dagster.run_id"] == first_run.run_id
     assert run2.data.tags["dagster.run_url"].endswith(f"/runs/{first_run.run_id}")
-    assert "hold-out AUC" in version.description and "training data:" in version.description
+    card = str(version.description)
+    assert "hold-out AUC" in card and "training data:" in card
     assert len(c.get_metric_history(run2.info.run_id, "holdout_auc_by_round")) == 60
     assert str(tier2["mlflow_run"]).endswith(f"/runs/{run2.info.run_id}")
     assert run2.data.tags["twotier.alias"] == "champion"

@@ -99,13 +99,14 @@ def test_a_run_is_named_tagged_and_its_version_carries_a_model_card(
         metric_steps={"holdout_auc_by_round": [0.6, 0.7, 0.75]},
     )
     c = registry.client(mlflow_server.endpoint)
+    assert ref.run_id is not None
     run = c.get_run(ref.run_id)
     assert run.info.run_name == "cards.tier2.m abcdef12"
     assert run.data.tags["twotier.project"] == "cards"
     assert run.data.tags["dagster.run_id"] == "abcdef12-run"
     steps = c.get_metric_history(ref.run_id, "holdout_auc_by_round")
     assert [(m.step, m.value) for m in steps] == [(1, 0.6), (2, 0.7), (3, 0.75)]
-    assert "hold-out AUC: 0.7500" in c.get_model_version(name, ref.version).description
+    assert "hold-out AUC: 0.7500" in str(c.get_model_version(name, ref.version).description)
     # The signature names the model's input columns.
     info = get_model_info(f"models:/{name}/{ref.version}")
     assert info.signature.inputs.input_names() == ["user_stats.views", "item_stats.views"]

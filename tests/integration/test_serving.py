@@ -301,6 +301,26 @@ def test_recommend_equals_both_tiers_computed_here(world: World, group: str) -> 
         assert body["cold_user"] is False
 
 
+def test_recommended_items_carry_the_attributes_asked_for(world: World) -> None:
+    from twotier.items import Item, load_items
+
+    load_items(
+        world.settings,
+        MAIN,
+        [Item(item_id=str(i), attributes={"title": f"Movie {i}", "genres": ["Drama"]})
+         for i in range(1, N_ITEMS, 2)],
+    )  # fmt: skip
+    user = _group_users(MAIN, "control", 1)[0]
+    plain = _post(world, f"/v1/{MAIN}/recommend", {"user_id": user, "n": 6}).json()
+    assert all(i["attributes"] is None for i in plain["items"])
+    body = {"user_id": user, "n": 6, "attributes": ["title", "nope"]}
+    asked = _post(world, f"/v1/{MAIN}/recommend", body).json()
+    assert [i["item_id"] for i in asked["items"]] == [i["item_id"] for i in plain["items"]]
+    for item in asked["items"]:
+        odd = int(item["item_id"]) % 2 == 1
+        assert item["attributes"] == ({"title": f"Movie {item['item_id']}"} if odd else {})
+
+
 def test_first_and_second_tier_endpoints(world: World) -> None:
     user = _group_users(MAIN, "control", 1)[0]
     first = _post(world, f"/v1/{MAIN}/first-tier-model", {"user_id": user, "k": 12})
