@@ -286,7 +286,9 @@ class Ingress:
                 raise HTTPException(
                     503, f"Ray's metrics agent at {self._metrics_url} did not answer: {exc}"
                 ) from exc
-        return PlainTextResponse(answer.text, media_type="text/plain; version=0.0.4")
+        # Ray prefixes application metrics with ray_: give twotier's their documented names.
+        text = answer.text.replace("ray_twotier_", "twotier_")
+        return PlainTextResponse(text, media_type="text/plain; version=0.0.4")
 
     # -- the tiers ---------------------------------------------------------------------
 

@@ -275,6 +275,7 @@ class ModelHost:
         self._bytes = metrics.Gauge(
             "twotier_model_bytes", description="Bytes of ONNX models held by a replica."
         )
+        self._bytes.set(0)  # exported from the start, not only after the first load
         self.cache: ModelCache[ServedModel] = ModelCache(
             self._load,
             self.settings.serving.model_memory_budget_bytes,
@@ -435,6 +436,7 @@ class FeatureCacheMetrics:
             "twotier_feature_cache_entries",
             description="Item feature documents held by a replica's entity cache.",
         )
+        self.entries.set(0)
         self.staleness = metrics.Histogram(
             "twotier_feature_cache_staleness_s",
             description="Per request with cache hits: age of the oldest cached document it used.",

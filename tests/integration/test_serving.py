@@ -534,6 +534,10 @@ def test_fifty_models_within_the_memory_budget(world: World) -> None:
         "twotier_feature_cache_misses",
         "twotier_feature_cache_entries",
         "twotier_feature_cache_staleness_s",
+        # The documented names, with the gauges present from the start.
+        "twotier_model_bytes",
+        "twotier_recommendations",
+        "twotier_request_latency_ms",
     )
     while time.monotonic() < deadline and not all(w in text for w in wanted):
         metrics = httpx.get(f"{world.url}/metrics", timeout=30)
@@ -541,6 +545,7 @@ def test_fifty_models_within_the_memory_budget(world: World) -> None:
         text = metrics.text
         time.sleep(2)
     assert all(w in text for w in wanted), [w for w in wanted if w not in text]
+    assert "ray_twotier_" not in text
 
 
 # -- hot swap -----------------------------------------------------------------------------
