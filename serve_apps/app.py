@@ -264,8 +264,16 @@ class Ingress:
 
     @api.get("/v1/models", tags=["models"])
     async def models(self) -> dict[str, Any]:
-        """Which version each known alias resolves to, and what each replica holds."""
+        """Which version each known alias resolves to, what each replica holds, and per
+        project which alias each A/B group is served."""
         status: dict[str, Any] = await self.directory.status.remote()
+        status["experiments"] = {
+            project: {
+                e.name: {g.name: {"alias": g.alias, "share": g.share} for g in e.groups}
+                for e in features.experiments
+            }
+            for project, features in self.settings.projects.items()
+        }
         return status
 
     @api.get(

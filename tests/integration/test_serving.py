@@ -522,6 +522,8 @@ def test_fifty_models_within_the_memory_budget(world: World) -> None:
     for host in hosts:
         assert sum(host["loaded"].values()) <= budget or len(host["loaded"]) == 1
     assert f"{model_name(MANY[0], 'tier2', 'ranker')}@challenger" in status["aliases"]
+    groups = status["experiments"][MAIN]["ab"]
+    assert groups["control"]["alias"] == "champion" and groups["treatment"]["alias"] == "challenger"
     # Ray exports metrics every few seconds: Serve's own and twotier's, from every replica.
     deadline = time.monotonic() + 40
     text = ""
