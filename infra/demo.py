@@ -353,10 +353,28 @@ def run(settings: Settings, project: str, dataset: Path, limit: int) -> None:
     _hot_swap(settings, project, users[0])
 
     console.rule("[bold green]demo finished")
-    console.print(f"Dagster UI:  http://{settings.dagster.host}:{settings.dagster.port}")
-    console.print(f"MLflow UI:   {settings.mlflow.uri}")
-    console.print(f"Serving API: {_serve(settings)}/docs")
+    dagster = f"http://{settings.dagster.host}:{settings.dagster.port}"
+    console.print(f"Dagster UI:     {dagster}/assets/{project}  (the project's asset graph)")
+    console.print(f"MLflow runs:    {_mlflow_runs_url(settings, project)}")
+    console.print(f"MLflow models:  {settings.mlflow.uri}/#/models")
+    console.print(f"Serving API:    {_serve(settings)}/docs  (Swagger UI; /redoc too)")
+    ray_dashboard = f"http://{settings.ray.host}:{settings.ray.gcs_port + 7}"
+    console.print(f"Ray dashboard:  {ray_dashboard}/#/serve")
+    console.print("A tour of what to open where: docs/tour.md")
     console.print("Stop everything with `make down` (or `twotier down`).")
+
+
+def _mlflow_runs_url(settings: Settings, project: str) -> str:
+    """The runs table of the project's experiment (MLflow 3 opens experiments elsewhere)."""
+    from twotier.registry import client
+
+    try:
+        experiment = client(settings.mlflow.uri).get_experiment_by_name(project)
+    except Exception:  # the link is a courtesy
+        experiment = None
+    if experiment is None:
+        return f"{settings.mlflow.uri}/#/experiments"
+    return f"{settings.mlflow.uri}/#/experiments/{experiment.experiment_id}/runs"
 
 
 def main(argv: list[str] | None = None) -> None:
