@@ -78,6 +78,7 @@ class DagsterService(Service):
         home = self.home
         return {
             "telemetry": {"enabled": False},
+            "nux": {"enabled": False},  # no sign-up dialog over the UI of a local stack
             "storage": {"sqlite": {"base_dir": str(home / "storage")}},
             "local_artifact_storage": {
                 "module": "dagster._core.storage.root",

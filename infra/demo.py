@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 import shlex
 import shutil
 import subprocess
@@ -46,17 +47,49 @@ def _step(number: int, title: str, why: str) -> None:
     console.print(f"[dim]{why}[/dim]")
 
 
+NOISE = re.compile(
+    "|".join(
+        [
+            r"WARNING: Using incubator modules",
+            r"WARN NativeCodeLoader",
+            r"log4j2?-defaults|Setting default log level|To adjust logging level",
+            r"FutureWarning: PySpark|require_minimum_pandas_version",
+            r"WARN SparkConf: Note that spark\.local\.dir",
+            r"WARN ResolveWriteToStream",
+            r"SupersessionWarning|return callback\(",
+            r"BetaWarning|return SensorDefinition\(",
+            r"abstract_store: Waiting up to",
+            r"Connecting to existing Serve app",
+            r"mlflow\.tracking\.fluent: Experiment with name",
+        ]
+    )
+)
+"""Lines of the engines' own start-up notices that tell a demo viewer nothing."""
+
+
 def _twotier(*args: str) -> None:
     exe = shutil.which("twotier", path=str(Path(sys.executable).parent)) or "twotier"
     started = time.monotonic()
     # Quoted as a shell would need it, so the line can be pasted.
     line = shlex.join(["twotier", *args])
     console.print(f"[cyan]$ {escape(line)}[/cyan]")
-    rc = subprocess.run([exe, *args], check=False).returncode
+    process = subprocess.Popen(
+        [exe, *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
+    )
+    hidden = 0
+    assert process.stdout is not None
+    for out in process.stdout:
+        if NOISE.search(out):
+            hidden += 1
+        else:
+            sys.stdout.write(out)
+            sys.stdout.flush()
+    rc = process.wait()
     if rc != 0:
         console.print(f"[bold red]demo stopped:[/bold red] `{escape(line)}` exited {rc}")
         raise SystemExit(rc)
-    console.print(f"[dim]done in {time.monotonic() - started:.1f} s[/dim]")
+    notices = f"; {hidden} JVM/library notices hidden" if hidden else ""
+    console.print(f"[dim]done in {time.monotonic() - started:.1f} s{notices}[/dim]")
 
 
 def _events_in_topic(settings: Settings, project: str) -> int:
