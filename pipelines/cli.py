@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from typing import Annotated, Any
 
 import typer
@@ -140,10 +141,14 @@ def materialize(
     if config:
         command += ["--config-json", json.dumps(config)]
     console.print(
-        f"materialising [bold]{selection}[/bold] over partitions {partition_range} "
-        f"(DAGSTER_HOME={settings.dagster_home})"
+        f"materialising [bold]{selection}[/bold] ({len(matched)} assets) over partitions "
+        f"{partition_range} (DAGSTER_HOME={settings.dagster_home})"
     )
+    console.print("[dim]Dagster loads the code location first (up to a minute), then logs "
+                  "each step here[/dim]")  # fmt: skip
+    started = time.time()
     rc = subprocess.run(command, env=env, check=False).returncode
+    _print_steps(settings.dagster_home, started)
     if rc != 0:
         raise fail(
             f"dagster: materialisation of {selection} failed (exit {rc}); see the run above "
@@ -151,6 +156,35 @@ def materialize(
             "(a failed blocking check stops the promotion and fails the run)"
         )
     console.print(f"[green]materialised[/green] {selection}")
+
+
+def _print_steps(home: Any, since: float) -> None:
+    """A table of the run just made: each step, its outcome and seconds (best effort)."""
+    import warnings
+
+    from rich.table import Table
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            import dagster as dg
+
+            with dg.DagsterInstance.from_config(str(home)) as instance:
+                records = instance.get_run_records(limit=1)
+                if not records or (records[0].start_time or 0) < since - 5:
+                    return
+                run = records[0].dagster_run
+                stats = instance.get_run_step_stats(run.run_id)
+    except Exception:  # the summary is a courtesy; the run's own log said it all
+        return
+    table = Table(title=f"run {run.run_id[:8]}: {run.status.value.lower()}")
+    for column, justify in (("step", "left"), ("outcome", "left"), ("seconds", "right")):
+        table.add_column(column, justify=justify)  # type: ignore[arg-type]
+    for step in sorted(stats, key=lambda s: s.start_time or 0):
+        seconds = (step.end_time or 0) - (step.start_time or 0)
+        outcome = step.status.value.lower() if step.status else "?"
+        table.add_row(step.step_key, outcome, f"{seconds:.1f}")
+    console.print(table)
 
 
 def register(app: typer.Typer) -> None:
