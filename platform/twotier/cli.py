@@ -121,6 +121,20 @@ def config_command(
 
     settings = state.settings()
     if not check:
+        # What the values resolve to, as comments: the YAML below stays loadable.
+        resolved = {
+            "data folder": str(settings.data_dir),
+            "cache folder": str(settings.cache),
+            "online store": settings.online_store_uri,
+            "offline store": settings.offline_store_dsn,
+            "MLflow": settings.mlflow.uri,
+            "Dagster": f"http://{settings.dagster.host}:{settings.dagster.port}",
+            "serving": settings.serving.url(settings.ray),
+        }
+        width = max(len(k) for k in resolved)
+        typer.echo("# resolved:")
+        for key, value in resolved.items():
+            typer.echo(f"#   {key:<{width}}  {value}")
         typer.echo(yaml.safe_dump(settings.model_dump(mode="json"), sort_keys=False))
 
 

@@ -83,6 +83,16 @@ def test_an_unknown_project_or_empty_selection_materialises_nothing(tmp_path: Pa
     assert not (tmp_path / "dagster").exists()
 
 
+def test_config_prints_the_resolved_locations_and_loadable_yaml(tmp_path: Path) -> None:
+    import yaml
+
+    rc, out, stderr = _twotier("config", env={"TWOTIER_DATA_DIR": str(tmp_path)})
+    assert rc == 0, stderr
+    assert f"#   data folder    {tmp_path}" in out
+    assert "#   online store   mongodb://127.0.0.1:27017/" in out
+    assert yaml.safe_load(out)["data_dir"] == str(tmp_path)
+
+
 def test_comma_separated_services_are_read_from_the_environment(tmp_path: Path) -> None:
     rc, out, stderr = _twotier(
         "config",
