@@ -43,11 +43,17 @@ def feature_importance_figure(
             f"{len(columns)} feature names but {len(values)} importances: pass one per column"
         )
     order = np.argsort(values)[::-1][:top][::-1]
-    figure = Figure(figsize=(7, max(2.5, 0.28 * len(order) + 1)))
+    labels = [columns[i] for i in order]
+    # Wide enough for the longest column name beside the bars; the layout keeps it inside.
+    longest = max((len(label) for label in labels), default=10)
+    figure = Figure(
+        figsize=(5 + 0.09 * longest, max(2.5, 0.28 * len(order) + 1)), layout="constrained"
+    )
     ax = figure.add_subplot()
-    ax.barh([columns[i] for i in order], values[order], color="#4c72b0")
+    ax.barh(labels, values[order], color="#4c72b0")
+    ax.tick_params(axis="y", labelsize=8)
     ax.set_xlabel("importance (gain share)")
-    ax.set_title("Tier two: feature importance")
+    ax.set_title(f"Tier two: feature importance (top {len(order)} of {len(values)})")
     return figure
 
 
@@ -55,7 +61,7 @@ def metric_curves_figure(
     metric: str, xs: Sequence[float], curves: Mapping[str, Sequence[float]], xlabel: str = "k"
 ) -> Figure:
     """One line per named curve over ``xs`` (e.g. Recall@k of a model and of popularity)."""
-    figure = Figure(figsize=(6, 4))
+    figure = Figure(figsize=(6, 4), layout="constrained")
     ax = figure.add_subplot()
     for name, ys in curves.items():
         ax.plot(list(xs), list(ys), marker="o", markersize=3, label=name)
