@@ -234,6 +234,38 @@ def test_failing_error_check_blocks_promotion_then_normal_thresholds_promote(
     assert isinstance(moved, dict) and moved[f"{TIER2}@champion"]["previous"] == before[TIER2]
 
 
+def test_a_ranker_trains_on_one_ab_groups_rows(
+    first_run: dg.ExecuteInProcessResult, graph_settings: Settings, settings: Settings
+) -> None:
+    """experiment_training_sets feeds tier two: train_group keeps that group's users only."""
+    everyone = materialization_metadata(first_run, PROJECT, "tier2_ranker")
+    assert everyone["train_group"] == "everyone"
+    down = ServingResource(url=f"http://127.0.0.1:{settings.kafka.port + 51}", admin_token=TOKEN)
+
+    def run(group: str) -> dg.ExecuteInProcessResult:
+        config = {"train_group": group}
+        return materialize_project(
+            graph_settings,
+            PROJECT,
+            selection=["tier1_candidates", "tier2_ranker"],
+            run_config={"ops": {f"{PROJECT}__tier2_ranker": {"config": config}}},
+            resources={"serving": down},
+            raise_on_error=False,
+        )
+
+    treated = materialization_metadata(run("ranker_ab.treatment"), PROJECT, "tier2_ranker")
+    assert treated["train_group"] == "ranker_ab.treatment"
+    used, all_rows = (
+        int(str(treated["training_rows_used"])),
+        int(str(everyone["training_rows_used"])),
+    )
+    assert 0 < used < all_rows
+    refused = run("ranker_ab.nope")
+    assert not refused.success
+    with pytest.raises(KeyError):
+        materialization_metadata(refused, PROJECT, "tier2_ranker")
+
+
 def test_serving_resource_against_a_real_http_server(fake_serving: FakeServing) -> None:
     resource = ServingResource(url=fake_serving.url, admin_token=TOKEN)
     answer = resource.load_model("p", "tier2", "ranker", "champion", "7")

@@ -2,15 +2,16 @@
 
 # No `from __future__ import annotations`: Dagster reads the annotations.
 from collections.abc import Iterator
-from typing import Literal
+from typing import Any, Literal
 
 import dagster as dg
 import numpy as np
+import pandas as pd
 from pydantic import Field
 
 from twotier.features.spec import ProjectFeatures
 from twotier.models.candidates import candidate_rows_before
-from twotier.models.datasets import read_tier_two_set
+from twotier.models.datasets import read_group_set, read_tier_two_set
 from twotier.models.evaluate import evaluate_two_tiers
 from twotier.models.parity import PARITY_TOLERANCE
 from twotier.models.plots import auc_by_round, feature_importance_figure, metric_curves_figure
@@ -18,6 +19,7 @@ from twotier.models.tier_one import TierOneParams
 from twotier.models.tier_two import TierTwoParams, train_tier_two_frame
 from twotier.naming import model_name
 from twotier.pipelines.assets.keys import (
+    EXPERIMENT_TRAINING_SETS,
     FEATURE_SNAPSHOTS,
     TIER_ONE,
     asset_key,
@@ -87,12 +89,46 @@ class TierTwoConfig(dg.Config):
         "training period, labelled by later smiles (twotier.models.candidates); views: the "
         "stored point-in-time rows of every view, labelled smile-or-not.",
     )
+    train_group: str | None = Field(
+        None,
+        pattern=r"^[a-z][a-z0-9_]{0,62}\.[a-z][a-z0-9_]{0,62}$",
+        description="'<experiment>.<group>': train on that A/B group's rows only, as the "
+        "experiment_training_sets asset assigned them (the group each user was in at each "
+        "row's time); e.g. a challenger trained on its own treatment group. None: everyone.",
+    )
     label_cut_quantiles: list[float] = Field(
         [0.7, 0.8, 0.9],
         min_length=2,
         description="Label cuts as quantiles of the training views' times; the last cut's "
         "rows are the hold-out for AUC and parity (candidates rows only).",
     )
+
+
+def _group_rows(
+    store: Any,
+    project: str,
+    features: ProjectFeatures,
+    spec: Any,
+    rows: pd.DataFrame,
+    config: TierTwoConfig,
+) -> pd.DataFrame:
+    """The training rows of ``config.train_group``'s users (views: that group's own rows).
+
+    Raises:
+        dg.Failure: The experiment or group is not declared.
+    """
+    experiment, group = str(config.train_group).split(".")
+    declared = {e.name: [g.name for g in e.groups] for e in features.experiments}
+    if group not in declared.get(experiment, []):
+        raise dg.Failure(
+            f"train_group {config.train_group!r}: {project!r} declares no such group "
+            f"(declared: {declared or 'no experiments'})"
+        )
+    grouped = read_group_set(store, project, spec, experiment, group)
+    if config.training_rows == "views":
+        return grouped.drop(columns=["partition", "experiment", "shuffle", "group"])
+    members = set(grouped["user_id"].astype(str))
+    return rows[rows["user_id"].astype(str).isin(members)].reset_index(drop=True)
 
 
 def make_tier_two_model(project: str, features: ProjectFeatures, model: str) -> dg.AssetsDefinition:
@@ -117,6 +153,8 @@ def make_tier_two_model(project: str, features: ProjectFeatures, model: str) -> 
         deps=[
             asset_key(project, training_set_tier_two(model)),
             asset_key(project, FEATURE_SNAPSHOTS),
+            # The A/B group training sets: what `train_group` selects rows from.
+            *([asset_key(project, EXPERIMENT_TRAINING_SETS)] if features.experiments else []),
         ],
         group_name=group_name(project, "models"),
         kinds={"xgboost", "onnx", "mlflow"},
@@ -181,6 +219,12 @@ def make_tier_two_model(project: str, features: ProjectFeatures, model: str) -> 
                     config.label_cut_quantiles,
                     TierOneParams(fallback_window_days=config.recent_popularity_days),
                     progress=context.log.info,
+                )
+            if config.train_group:
+                rows = _group_rows(store, project, features, spec, rows, config)
+                context.log.info(
+                    f"training on A/B group {config.train_group}: {len(rows)} rows of "
+                    f"{rows['user_id'].nunique() if len(rows) else 0} users"
                 )
             watch.lap("read")
             # Raises TierTwoError / ParityError before anything is registered.
@@ -312,6 +356,8 @@ def make_tier_two_model(project: str, features: ProjectFeatures, model: str) -> 
                 "tier_one_version": tier_one.version,
                 "cutoff_ts": cutoff,
                 "holdout_from": dg.MetadataValue.timestamp(cutoff / 1000),
+                "training_rows_used": len(rows),
+                "train_group": config.train_group or "everyone",
                 "feature_columns": spec.columns(),
                 "plots": plots,
                 "seconds": dg.MetadataValue.json(watch.seconds),
