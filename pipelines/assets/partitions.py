@@ -15,7 +15,7 @@ Example:
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import dagster as dg
 
@@ -72,3 +72,31 @@ def partitions_covering(
         return keys[0] if ts < windows[0][1] else keys[-1]
 
     return find(first_ts_ms), find(last_ts_ms)
+
+
+def observe_partitions(
+    context: dg.AssetExecutionContext,
+    windows: Sequence[Window],
+    rows: Mapping[str, int],
+    what: str = "rows",
+) -> None:
+    """One observation per partition with that partition's own row count and dates.
+
+    A single-run backfill gives all its partitions one materialisation metadata (the
+    run's totals; Dagster has no per-partition metadata there), so each partition's own
+    figures are logged as an ``AssetObservation`` of that partition, which the asset's
+    partition view shows.
+    """
+    import datetime as dt
+
+    def day(ms: int) -> str:
+        return dt.datetime.fromtimestamp(ms / 1000, dt.UTC).strftime("%Y-%m-%d")
+
+    for key, start, end in windows:
+        context.log_event(
+            dg.AssetObservation(
+                asset_key=context.asset_key,
+                partition=key,
+                metadata={what: int(rows.get(key, 0)), "from": day(start), "until": day(end)},
+            )
+        )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import dagster as dg
 import numpy as np
 import pytest
@@ -239,3 +241,32 @@ def test_materialize_run_config_adds_in_process_execution() -> None:
         run_config("{nope", True)
     with pytest.raises(ValueError, match="must be a JSON object"):
         run_config("[1]", True)
+
+
+def test_each_partition_of_a_single_run_gets_its_own_figures() -> None:
+    from twotier.pipelines.assets.partitions import observe_partitions, windows_ms
+
+    parts = dg.MonthlyPartitionsDefinition(start_date="2020-01-01", end_date="2020-04-01")
+
+    @dg.asset(partitions_def=parts, backfill_policy=dg.BackfillPolicy.single_run())
+    def monthly(context) -> dg.MaterializeResult:  # type: ignore[no-untyped-def]  # Dagster reads it
+        windows = windows_ms(parts, context.partition_keys)
+        observe_partitions(context, windows, {"2020-01-01": 5, "2020-02-01": 7})
+        return dg.MaterializeResult(metadata={"rows": 12})
+
+    tags = {
+        "dagster/asset_partition_range_start": "2020-01-01",
+        "dagster/asset_partition_range_end": "2020-03-01",
+    }
+    result = dg.materialize([monthly], tags=tags)
+    observations: list[Any] = [
+        e.event_specific_data.asset_observation  # type: ignore[union-attr]
+        for e in result.all_events
+        if e.event_type_value == "ASSET_OBSERVATION"
+    ]
+    seen = {o.partition: {k: v.value for k, v in o.metadata.items()} for o in observations}
+    assert seen == {
+        "2020-01-01": {"rows": 5, "from": "2020-01-01", "until": "2020-02-01"},
+        "2020-02-01": {"rows": 7, "from": "2020-02-01", "until": "2020-03-01"},
+        "2020-03-01": {"rows": 0, "from": "2020-03-01", "until": "2020-04-01"},
+    }

@@ -8,7 +8,7 @@ from twotier.models.datasets import TIER_ONE_TABLE, write_tier_one_set
 from twotier.naming import offline_table
 from twotier.pipelines.assets.ingest.events_offline import events_offline_key
 from twotier.pipelines.assets.keys import TRAINING_SET_TIER_ONE, asset_key, group_name
-from twotier.pipelines.assets.partitions import SINGLE_RUN, windows_ms
+from twotier.pipelines.assets.partitions import SINGLE_RUN, observe_partitions, windows_ms
 from twotier.pipelines.resources import OfflineStoreResource
 from twotier.pipelines.resources.offline_store import OFFLINE_STORE_POOL
 
@@ -43,6 +43,7 @@ def make_training_set_tier_one(
             )
             counts = write_tier_one_set(store, project, views, windows)
         filled = {k: n for k, n in counts.items() if n}
+        observe_partitions(context, windows, counts)
         context.log.info(
             f"tier-one training set: {len(views)} views in {len(filled)} of "
             f"{len(counts)} partitions {windows[0][0]}..{windows[-1][0]}"

@@ -14,7 +14,7 @@ from twotier.pipelines.assets.keys import (
     group_name,
     training_set_tier_two,
 )
-from twotier.pipelines.assets.partitions import SINGLE_RUN, windows_ms
+from twotier.pipelines.assets.partitions import SINGLE_RUN, observe_partitions, windows_ms
 from twotier.pipelines.assets.project import project_settings
 from twotier.pipelines.resources import OfflineStoreResource
 from twotier.pipelines.resources.offline_store import OFFLINE_STORE_POOL
@@ -72,6 +72,7 @@ def make_training_set_tier_two(
             )
             counts = write_tier_two_set(store, project, spec, rows, windows)
         filled = {k: n for k, n in counts.items() if n}
+        observe_partitions(context, windows, counts)
         positive = float(rows["label"].mean()) if len(rows) else 0.0
         context.log.info(
             f"tier-two training set {model}: {len(rows)} rows ({positive:.1%} positive) in "
