@@ -158,7 +158,8 @@ def replay_command(
     from twotier.replay import replay_movielens
 
     settings = state.settings()
-    project = project_of(settings, project)
+    # Any valid name: events may be replayed before the project is declared (as generate).
+    project = project or settings.project
     with progress_lines(f"replaying {dataset} into project {project}") as show:
         loaded = 0
         if items:

@@ -111,7 +111,7 @@ def register_onnx(
     run_name: str | None = None,
     run_tags: dict[str, str] | None = None,
     description: str | None = None,
-    metric_steps: dict[str, list[float]] | None = None,
+    metric_steps: dict[str, list[tuple[int, float]]] | None = None,
 ) -> ModelVersionRef:
     """Log an ONNX model in a new run, register it as a new version and set an alias.
 
@@ -130,8 +130,8 @@ def register_onnx(
         run_name: The run's name in the MLflow UI (default: MLflow's random one).
         run_tags: Tags of the run (project, tier, model, the Dagster run that made it).
         description: The new version's description (a short model card, Markdown).
-        metric_steps: Metrics logged step by step (e.g. hold-out AUC per boosting round),
-            plotted as curves in the run's charts.
+        metric_steps: Metrics logged as ``(step, value)`` pairs (e.g. hold-out AUC after
+            each of some boosting rounds), plotted as curves in the run's charts.
 
     Returns:
         The new version.
@@ -150,8 +150,8 @@ def register_onnx(
             if metrics:
                 mlflow.log_metrics(metrics)
             for key, values in (metric_steps or {}).items():
-                for step, point in enumerate(values, start=1):
-                    mlflow.log_metric(key, float(point), step=step)
+                for step, point in values:
+                    mlflow.log_metric(key, float(point), step=int(step))
             mlflow.log_dict({"feature_names": feature_names}, "feature_spec.json")
             if spec is not None:
                 mlflow.log_dict(spec.model_dump(mode="json"), SPEC_ARTIFACT)

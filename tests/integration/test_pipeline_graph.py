@@ -172,7 +172,10 @@ def test_whole_graph_registers_both_tiers_and_promotes_them(
     assert run2.data.tags["dagster.run_url"].endswith(f"/runs/{first_run.run_id}")
     card = str(version.description)
     assert "hold-out AUC" in card and "training data:" in card
-    assert len(c.get_metric_history(run2.info.run_id, "holdout_auc_by_round")) == 60
+    by_round = sorted(
+        m.step for m in c.get_metric_history(run2.info.run_id, "holdout_auc_by_round")
+    )
+    assert 2 <= len(by_round) <= 30 and by_round[0] == 1 and by_round[-1] == 60
     assert str(tier2["mlflow_run"]).endswith(f"/runs/{run2.info.run_id}")
     assert run2.data.tags["twotier.alias"] == "champion"
 

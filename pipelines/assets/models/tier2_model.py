@@ -298,7 +298,11 @@ def make_tier_two_model(project: str, features: ProjectFeatures, model: str) -> 
             run_name=run_name,
             run_tags=run_tags,
             description=card,
-            metric_steps={"holdout_auc_by_round": [float(a) for a in round_auc]},
+            metric_steps={
+                "holdout_auc_by_round": [
+                    (r, float(a)) for r, a in zip(rounds, round_auc, strict=True)
+                ]
+            },
         )
         run_id = ref.run_id or ""
         importance = trained.native.feature_importances_
