@@ -406,7 +406,7 @@ def test_host_metrics_count_hits_misses_entries_and_staleness(
     assert by_name == {
         "twotier_feature_cache_hits": [3],
         "twotier_feature_cache_misses": [2, 4],
-        "twotier_feature_cache_entries": [5, 5, 9],
+        "twotier_feature_cache_entries": [0, 5, 5, 9],  # 0: exported from the start
         "twotier_feature_cache_staleness_s": [0.4],
     }
 
