@@ -100,6 +100,7 @@ def first_run(
     graph_settings: Settings,
     kafka: Service,
     mlflow_server: Service,
+    online_server: Service,  # items_offline copies the item data replay loads there
     movielens: Path,
     fake_serving: FakeServing,
 ) -> dg.ExecuteInProcessResult:
