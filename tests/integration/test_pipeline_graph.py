@@ -187,7 +187,9 @@ def test_whole_graph_registers_both_tiers_and_promotes_them(
     assert {a.path for a in c.list_artifacts(run1.info.run_id, "plots")} == {
         "plots/tier1_recall_at_k.png"
     }
-    assert c.get_model_version(TIER1, str(tier1["version"])).tags["twotier.tier"] == "tier1"
+    version1 = c.get_model_version(TIER1, str(tier1["version"]))
+    assert version1.tags["twotier.tier"] == "tier1"
+    assert "NDCG@10: tier one" in str(version1.description)
 
     # Promotion told serving once per model, with the token, and recorded it.
     promoted = materialization_metadata(first_run, PROJECT, "promotion")

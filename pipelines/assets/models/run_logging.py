@@ -115,7 +115,9 @@ def model_card(
     ]
     for label, key in lines:
         if key in metrics:
-            out.append(f"- {label}: {metrics[key]:.4f}")
+            value = float(metrics[key])
+            shown = f"{value:,.0f}" if value.is_integer() and abs(value) >= 10 else f"{value:.4g}"
+            out.append(f"- {label}: {shown}")
     return "\n".join(out)
 
 
