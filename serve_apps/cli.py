@@ -67,6 +67,21 @@ def _titles(settings: Any, project: str, item_ids: list[str]) -> dict[str, str]:
     return {i: str(item.attributes.get("title", "")) for i, item in found.items()}
 
 
+def _ranked(title: str, first: str, entries: list[dict[str, Any]], titles: dict[str, str]) -> Table:
+    """A ranked table of ``entries`` (``item_id``, ``score``) with the items' titles."""
+    table = Table(title=title)
+    table.add_column(first, justify="right")
+    table.add_column("item")
+    table.add_column("title", max_width=44, overflow="ellipsis", no_wrap=True)
+    table.add_column("score", justify="right")
+    for rank, entry in enumerate(entries, start=1):
+        item = entry["item_id"]
+        table.add_row(
+            str(rank), escape(item), escape(titles.get(item, "")), f"{entry['score']:.4f}"
+        )
+    return table
+
+
 def _served(answer: dict[str, Any]) -> str:
     models = ", ".join(
         f"{m['tier']} v{m['version']} ({m['alias']}{', fallback' if m.get('fallback') else ''})"
@@ -131,16 +146,8 @@ def score(
         typer.echo(json.dumps(answer, indent=2))
         return
     titles = _titles(settings, project, candidates)
-    table = Table(title=f"tier two for user {escape(user)} ({escape(project)})")
-    for column, justify in (("rank", "right"), ("item", "left"), ("title", "left")):
-        table.add_column(column, justify=justify)  # type: ignore[arg-type]
-    table.add_column("score", justify="right")
-    for rank, entry in enumerate(answer["ranking"], start=1):
-        item = entry["item_id"]
-        table.add_row(
-            str(rank), escape(item), escape(titles.get(item, "")), f"{entry['score']:.4f}"
-        )
-    console.print(table)
+    title = f"tier two for user {escape(user)} ({escape(project)})"
+    console.print(_ranked(title, "rank", answer["ranking"], titles))
     console.print(f"[dim]{escape(_served(answer))}[/dim]")
 
 
@@ -172,17 +179,8 @@ def recommend(
     titles = {
         i["item_id"]: str((i.get("attributes") or {}).get("title", "")) for i in answer["items"]
     }
-    table = Table(title=f"recommendations for user {escape(user)} ({escape(project)})")
-    table.add_column("#", justify="right")
-    table.add_column("item")
-    table.add_column("title", max_width=44, overflow="ellipsis", no_wrap=True)
-    table.add_column("score", justify="right")
-    for rank, entry in enumerate(answer["items"], start=1):
-        item = entry["item_id"]
-        table.add_row(
-            str(rank), escape(item), escape(titles.get(item, "")), f"{entry['score']:.4f}"
-        )
-    console.print(table)
+    title = f"recommendations for user {escape(user)} ({escape(project)})"
+    console.print(_ranked(title, "#", answer["items"], titles))
     notes = [f"{answer.get('candidates', 0)} candidates"]
     if answer.get("seen_excluded"):
         notes.append(f"{answer['seen_excluded']} seen ones removed")
