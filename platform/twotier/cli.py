@@ -221,9 +221,10 @@ def generate_command(
 
 
 def _load_plugins() -> None:
-    from twotier.inspect_cli import register
+    from twotier import experiments_cli, inspect_cli
 
-    register(app)  # projects, features, models, online
+    inspect_cli.register(app)  # projects, features, models, online
+    experiments_cli.register(app)  # experiments, experiments shuffle
     for ep in entry_points(group="twotier.cli"):
         ep.load()(app)
 
