@@ -313,6 +313,9 @@ class PipelinesConfig(_Section):
     partitions_start: str = Field("1996-01-01", pattern=r"^\d{4}-\d{2}-01$")
     """First month (``YYYY-MM-01``) of the monthly training-set partitions; the default
     suits MovieLens (1996-2018), a live feed sets the month its events start."""
+    readout_start: str = Field("2026-11-01", pattern=r"^\d{4}-\d{2}-\d{2}$")
+    """First day (``YYYY-MM-DD``, UTC) of the daily partitions of the experiment readouts
+    and the skew check: recommendations are logged at serve time, so days start here."""
     retrain_min_new_events: int = Field(1000, ge=1)
     """New offline events that make the new-data sensor request a retrain."""
     watchdog_growth_evaluations: int = Field(3, ge=1)
