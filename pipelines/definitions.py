@@ -60,6 +60,7 @@ def make_definitions(settings: Settings, projects: Sequence[str] | None = None) 
             project,
             settings.project_features(project),
             partitions_start=settings.pipelines.partitions_start,
+            readout_start=settings.pipelines.readout_start,
         )
         retrain = make_retrain_job(project)
         deploy = make_deploy_streaming_job(project)

@@ -24,7 +24,12 @@ from twotier.pipelines.assets.ingest.items_offline import make_items_offline
 from twotier.pipelines.assets.keys import tier_two_models
 from twotier.pipelines.assets.models.tier1_candidates import make_tier_one_model
 from twotier.pipelines.assets.models.tier2_model import make_tier_two_model
-from twotier.pipelines.assets.partitions import DEFAULT_PARTITIONS_START, training_partitions
+from twotier.pipelines.assets.partitions import (
+    DEFAULT_PARTITIONS_START,
+    DEFAULT_READOUT_START,
+    daily_partitions,
+    training_partitions,
+)
 from twotier.pipelines.assets.promotion.promotion import make_promotion
 from twotier.pipelines.assets.training_sets.experiment_training_sets import (
     make_experiment_training_sets,
@@ -38,6 +43,7 @@ def make_project_assets(
     features: ProjectFeatures | None = None,
     *,
     partitions_start: str = DEFAULT_PARTITIONS_START,
+    readout_start: str = DEFAULT_READOUT_START,
 ) -> list[Any]:
     """Every asset and asset check of ``project`` (keys start with ``<project>/``).
 
@@ -46,6 +52,7 @@ def make_project_assets(
         features: Its feature groups, models and experiments; by default those of
             ``twotier.config.load_settings()`` (the environment the code location runs in).
         partitions_start: The first month (``YYYY-MM-DD``) of the training-set partitions.
+        readout_start: The first day (``YYYY-MM-DD``) of the daily readout partitions.
 
     Raises:
         ValueError: The project name is invalid.
@@ -57,6 +64,7 @@ def make_project_assets(
 
         features = load_settings().project_features(project)
     partitions = training_partitions(partitions_start)
+    days = daily_partitions(readout_start)  # noqa: F841  # the readout and skew assets use it
     models = tier_two_models(features)
     assets: list[Any] = [
         make_events_offline(project),

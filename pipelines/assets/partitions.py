@@ -39,6 +39,15 @@ def training_partitions(start: str = DEFAULT_PARTITIONS_START) -> dg.MonthlyPart
     return dg.MonthlyPartitionsDefinition(start_date=start, end_offset=1)
 
 
+DEFAULT_READOUT_START = "2026-11-01"
+"""The first day of the daily readout partitions (``pipelines.readout_start``)."""
+
+
+def daily_partitions(start: str = DEFAULT_READOUT_START) -> dg.DailyPartitionsDefinition:
+    """Daily partitions (UTC) of serve time from ``start`` (``YYYY-MM-DD``) to today inclusive."""
+    return dg.DailyPartitionsDefinition(start_date=start, end_offset=1)
+
+
 def windows_ms(
     partitions_def: dg.TimeWindowPartitionsDefinition, keys: Sequence[str]
 ) -> list[Window]:
