@@ -47,6 +47,28 @@ class ExperimentGroup(BaseModel):
     alias: str = Field(min_length=1)
 
 
+class ExperimentReadout(BaseModel):
+    """How an experiment's outcomes are counted and judged (``twotier.readout``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    hit_actions: tuple[str, ...] = Field(("view", "smile"), min_length=1)
+    """A recommended item the user acts on with one of these, within the window, is a hit."""
+    smile_action: str = Field("smile", min_length=1)
+    """A hit that includes this action is a smiled hit (the smile rate of hits)."""
+    window_s: int = Field(86_400, ge=1, le=30 * 86_400)
+    """Seconds after a recommendation in which the user's action counts as its hit."""
+    control: str | None = None
+    """The group the others are compared with; default: the group served ``champion``,
+    else the first group."""
+    alpha: float = Field(0.05, gt=0, lt=0.5)
+    """Significance level: a p-value below it is significant; intervals are 1 - alpha."""
+    min_users: int = Field(100, ge=2)
+    """Users needed in every group before the readout may decide."""
+    max_days: int = Field(14, ge=1)
+    """An experiment concludes after this many days of its generation, significant or not."""
+
+
 class Experiment(BaseModel):
     """An A/B experiment of a project, declared in configuration."""
 
@@ -57,6 +79,8 @@ class Experiment(BaseModel):
     shuffle: int = Field(1, ge=1)
     """The current shuffle generation; raising it reshuffles every user."""
     groups: tuple[ExperimentGroup, ...] = Field(min_length=1)
+    readout: ExperimentReadout = ExperimentReadout()
+    """How outcomes are attributed to its recommendations and how groups are compared."""
 
     @model_validator(mode="after")
     def _shares(self) -> Experiment:
@@ -68,7 +92,21 @@ class Experiment(BaseModel):
             raise ValueError(
                 f"experiment {self.name!r}: group shares add up to {total:g}, they must add up to 1"
             )
+        control = self.readout.control
+        if control is not None and control not in names:
+            raise ValueError(
+                f"experiment {self.name!r}: readout.control {control!r} is not a group "
+                f"(groups: {names})"
+            )
         return self
+
+    @property
+    def control(self) -> str:
+        """The group the others are compared with in the readout."""
+        if self.readout.control is not None:
+            return self.readout.control
+        champion = [g.name for g in self.groups if g.alias == "champion"]
+        return champion[0] if champion else self.groups[0].name
 
     def group(self, name: str) -> ExperimentGroup:
         for g in self.groups:
@@ -220,6 +258,7 @@ def groups_at(
 __all__ = [
     "Experiment",
     "ExperimentGroup",
+    "ExperimentReadout",
     "assign",
     "assign_many",
     "groups_at",
