@@ -5,7 +5,8 @@ the asset holds, and model assets mirror the registered model names::
 
     events_offline, items_offline, feature_snapshots,
     training_set_tier1, training_set_tier2_<model>, experiment_training_sets,
-    tier1_candidates, tier2_<model>, promotion
+    tier1_candidates, tier2_<model>, promotion,
+    recommendation_outcomes, experiment_readout
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ TRAINING_SET_TIER_ONE = "training_set_tier1"
 EXPERIMENT_TRAINING_SETS = "experiment_training_sets"
 TIER_ONE = f"tier1_{TIER_ONE_MODEL}"
 PROMOTION = "promotion"
+RECOMMENDATION_OUTCOMES = "recommendation_outcomes"
+EXPERIMENT_READOUT = "experiment_readout"
 
 
 def asset_key(project: str, name: str) -> dg.AssetKey:
