@@ -6,6 +6,8 @@ Per project in ``settings.projects`` (``<p>`` below):
 - jobs ``<p>_retrain`` (every asset of ``<p>``), ``<p>_deploy_streaming`` (the 24/7
   online feature job) and ``<p>_compact_offline_store``;
 - schedule ``<p>_retrain_schedule`` on ``pipelines.retrain_cron``;
+- with experiments: job ``<p>_readout`` (the daily experiment assets) and its schedule
+  ``<p>_readout_schedule`` on ``pipelines.readout_cron``;
 - sensors ``<p>_new_data_sensor`` and ``<p>_streaming_watchdog``.
 
 Resources are chosen by deployment through settings, not by a second code path: the
@@ -32,8 +34,9 @@ from twotier.pipelines.jobs import (
     make_deploy_streaming_job,
     make_retrain_job,
 )
+from twotier.pipelines.jobs.readout import make_readout_job
 from twotier.pipelines.resources import make_resources
-from twotier.pipelines.schedules import make_retrain_schedule
+from twotier.pipelines.schedules import make_readout_schedule, make_retrain_schedule
 from twotier.pipelines.sensors import make_new_data_sensor, make_streaming_watchdog_sensor
 
 
@@ -67,6 +70,10 @@ def make_definitions(settings: Settings, projects: Sequence[str] | None = None) 
         assets += project_assets
         jobs += [retrain, deploy, make_compact_offline_store_job(project)]
         schedules.append(make_retrain_schedule(project, retrain, project_assets, settings))
+        if settings.project_features(project).experiments:
+            readout_job = make_readout_job(project)
+            jobs.append(readout_job)
+            schedules.append(make_readout_schedule(project, readout_job, settings))
         sensors += [
             make_new_data_sensor(
                 project,

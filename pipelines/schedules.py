@@ -1,4 +1,4 @@
-"""Schedules of twotier: one retrain schedule per project.
+"""Schedules of twotier: a retrain and a readout schedule per project.
 
 The schedule runs ``<project>_retrain`` (every asset of the project) on
 ``settings.pipelines.retrain_cron`` (hourly by default, UTC). It starts as running only
@@ -16,6 +16,7 @@ from dagster._core.definitions.unresolved_asset_job_definition import (
 )
 
 from twotier.config import Settings
+from twotier.pipelines.jobs.readout import readout_run_request
 from twotier.pipelines.jobs.retrain import retrain_run_request
 
 
@@ -65,3 +66,30 @@ def make_retrain_schedule(
         )
 
     return retrain_schedule
+
+
+def readout_schedule_name(project: str) -> str:
+    """``<project>_readout_schedule``."""
+    return f"{project}_readout_schedule"
+
+
+def make_readout_schedule(
+    project: str, readout_job: UnresolvedAssetJobDefinition, settings: Settings
+) -> dg.ScheduleDefinition:
+    """Refresh yesterday's and today's readouts of ``project`` on
+    ``settings.pipelines.readout_cron`` (running when the retrain schedule is)."""
+
+    @dg.schedule(
+        name=readout_schedule_name(project),
+        cron_schedule=settings.pipelines.readout_cron,
+        job=readout_job,
+        execution_timezone="UTC",
+        default_status=automation_status(settings),
+        description=f"Read out {project}'s experiments on {settings.pipelines.readout_cron!r} "
+        "(UTC): yesterday and today.",
+        tags={"twotier/project": project},
+    )
+    def readout_schedule(context: dg.ScheduleEvaluationContext) -> dg.RunRequest:
+        return readout_run_request(project, context.scheduled_execution_time)
+
+    return readout_schedule

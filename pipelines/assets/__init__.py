@@ -9,6 +9,7 @@ asset check of one project, keyed ``<project>/<asset>``::
           └──► training_set_tier1 (monthly partitions) ──► tier1_candidates ──► tier2_<model>
                                       experiment_training_sets ◄─┘       │           │
                                                                          └─► promotion ◄┘
+    events_offline ──► recommendation_outcomes ──► experiment_readout (daily partitions)
 """
 
 from __future__ import annotations
@@ -17,6 +18,10 @@ from typing import Any
 
 from twotier.features.spec import ProjectFeatures
 from twotier.naming import check_project
+from twotier.pipelines.assets.experiments.experiment_readout import make_experiment_readout
+from twotier.pipelines.assets.experiments.recommendation_outcomes import (
+    make_recommendation_outcomes,
+)
 from twotier.pipelines.assets.features.feature_snapshots import make_feature_snapshots
 from twotier.pipelines.assets.ingest.events_checks import make_events_checks
 from twotier.pipelines.assets.ingest.events_offline import make_events_offline
@@ -64,7 +69,7 @@ def make_project_assets(
 
         features = load_settings().project_features(project)
     partitions = training_partitions(partitions_start)
-    days = daily_partitions(readout_start)  # noqa: F841  # the readout and skew assets use it
+    days = daily_partitions(readout_start)
     models = tier_two_models(features)
     assets: list[Any] = [
         make_events_offline(project),
@@ -79,4 +84,7 @@ def make_project_assets(
     ]
     if features.experiments and models:
         assets.append(make_experiment_training_sets(project, features, partitions))
+    if features.experiments:
+        assets.append(make_recommendation_outcomes(project, features, days))
+        assets.append(make_experiment_readout(project, features, days))
     return assets

@@ -12,6 +12,7 @@ from dagster._core.definitions.unresolved_asset_job_definition import (
 )
 
 from twotier.naming import asset_prefix
+from twotier.pipelines.jobs.readout import experiments_group
 
 
 def retrain_job_name(project: str) -> str:
@@ -21,17 +22,25 @@ def retrain_job_name(project: str) -> str:
 
 def make_retrain_job(project: str) -> UnresolvedAssetJobDefinition:
     """Materialise every asset (and run every check) of ``project``: features → training
-    sets → both tiers → ONNX → parity → register → promote."""
+    sets → both tiers → ONNX → parity → register → promote. The daily experiment assets
+    (readouts, skew) are the readout job's."""
     return dg.define_asset_job(
         retrain_job_name(project),
-        selection=dg.AssetSelection.key_prefixes(asset_prefix(project)),
-        description=f"Retrain {project}: every asset with the key prefix {project}/.",
+        selection=dg.AssetSelection.key_prefixes(asset_prefix(project))
+        - dg.AssetSelection.groups(experiments_group(project)),
+        description=f"Retrain {project}: every asset with the key prefix {project}/ "
+        "but the daily experiment readouts.",
         tags={"twotier/project": project, "twotier/kind": "retrain"},
     )
 
 
-def _partitions_def(assets: Sequence[Any]) -> dg.PartitionsDefinition | None:
-    found = {id(a.partitions_def): a.partitions_def for a in assets if _partitioned(a)}
+def _partitions_def(assets: Sequence[Any], project: str) -> dg.PartitionsDefinition | None:
+    daily = experiments_group(project)
+    found = {
+        id(a.partitions_def): a.partitions_def
+        for a in assets
+        if _partitioned(a) and daily not in a.group_names_by_key.values()
+    }
     if len(found) > 1:
         raise ValueError(
             "the project's assets have several partitions definitions; the retrain job "
@@ -62,7 +71,7 @@ def retrain_run_request(
         run_key: Deduplicates requests (sensors).
         tags: Extra run tags (why the run was requested).
     """
-    partitions = _partitions_def(assets)
+    partitions = _partitions_def(assets, project)
     partition_key = None
     if partitions is not None:
         with dg.partition_loading_context(effective_dt=when):

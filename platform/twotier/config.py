@@ -302,7 +302,11 @@ class PipelinesConfig(_Section):
     retrain_cron: str = "0 * * * *"
     """When the retrain schedule runs (UTC): five cron fields, e.g. ``0 * * * *`` hourly."""
 
-    @field_validator("retrain_cron")
+    readout_cron: str = "15 * * * *"
+    """When the readout schedule refreshes yesterday's and today's experiment readouts
+    (UTC, five cron fields); it runs when ``retrain_schedule_running`` is set."""
+
+    @field_validator("retrain_cron", "readout_cron")
     @classmethod
     def _cron(cls, value: str) -> str:
         check_cron(value)

@@ -116,13 +116,31 @@ def test_every_declared_project_gets_jobs_schedule_and_sensors() -> None:
 
 
 def test_retrain_job_selects_exactly_the_project_prefix() -> None:
-    defs = make_definitions(load_settings(path=None))
+    settings = load_settings(path=None)
+    defs = make_definitions(settings)
     keys = set(defs.resolve_all_asset_keys())
+    daily = {"recommendation_outcomes", "experiment_readout", "feature_skew"}
     for p in ("movielens", "memes"):
         job = defs.resolve_job_def(f"{p}_retrain")
         selected = set(job.asset_layer.executable_asset_keys)
-        assert selected == {k for k in keys if k.path[0] == p}
+        assert selected == {k for k in keys if k.path[0] == p and k.path[-1] not in daily}
         assert selected
+        if settings.project_features(p).experiments:
+            readout = defs.resolve_job_def(f"{p}_readout")
+            chosen = {k.path[-1] for k in readout.asset_layer.executable_asset_keys}
+            assert {"recommendation_outcomes", "experiment_readout"} <= chosen <= daily
+            assert {k.path[0] for k in readout.asset_layer.executable_asset_keys} == {p}
+
+
+def test_readout_schedule_refreshes_yesterday_and_today() -> None:
+    import datetime as dt
+
+    from twotier.pipelines.jobs.readout import readout_run_request
+
+    request = readout_run_request("movielens", dt.datetime(2026, 12, 1, 0, 15, tzinfo=dt.UTC))
+    assert request.job_name == "movielens_readout"
+    assert request.tags["dagster/asset_partition_range_start"] == "2026-11-30"
+    assert request.tags["dagster/asset_partition_range_end"] == "2026-12-01"
 
 
 def test_schedule_and_new_data_sensor_are_off_by_default_and_on_by_setting(
