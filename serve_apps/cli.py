@@ -111,7 +111,7 @@ def score(
 ) -> None:
     """Rank items for a user with tier two (``score USER --items 1,2,3``), or score raw
     feature rows (``score --rows '[[...]]'``)."""
-    from twotier.serve_apps.deploy import ServingError, _post, score_over_http
+    from twotier.serve_apps.deploy import ServingError, score_over_http, second_tier_over_http
 
     settings = state.settings()
     project = project_of(settings, project)
@@ -128,18 +128,8 @@ def score(
     candidates = _items(items)
     if user is None or not candidates:
         raise fail("give a USER and --items 1,2,3 (or --rows for raw feature rows)", code=2)
-    body: dict[str, Any] = {"user_id": user, "candidates": candidates, "model": model}
-    if group:
-        body["group"] = group
     try:
-        answer = _post(
-            settings,
-            f"/v1/{project}/second-tier-model",
-            body,
-            {},
-            f"scoring {len(candidates)} items for user {user!r} of {project}",
-            30.0,
-        )
+        answer = second_tier_over_http(settings, project, user, candidates, model, group)
     except ServingError as exc:
         raise fail(str(exc)) from None
     if as_json:

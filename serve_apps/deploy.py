@@ -226,6 +226,46 @@ def recommend_over_http(
     )
 
 
+def second_tier_over_http(
+    settings: Settings,
+    project: str,
+    user_id: str,
+    candidates: Sequence[str],
+    model: str = "ranker",
+    group: str | None = None,
+    timeout_s: float = 30.0,
+) -> dict[str, Any]:
+    """POST ``/v1/{project}/second-tier-model``: rank ``candidates`` for one user with tier two.
+
+    Args:
+        settings: The stack; the app is reached at ``serve_url(settings)``.
+        project: The project whose ranker scores.
+        user_id: The user the candidates are ranked for.
+        candidates: Item ids to rank.
+        model: The ranker's model name within tier two.
+        group: Serve this A/B group's model instead of the user's.
+        timeout_s: How long to wait for the answer.
+
+    Returns:
+        The app's answer: ``{"ranking": [{"item_id", "score"}, ...], "models", "experiment",
+        "group", ...}``.
+
+    Raises:
+        ServingError: The app is unreachable or answered with an error (its detail included).
+    """
+    body: dict[str, Any] = {"user_id": user_id, "candidates": list(candidates), "model": model}
+    if group:
+        body["group"] = group
+    return _post(
+        settings,
+        f"/v1/{project}/second-tier-model",
+        body,
+        {},
+        f"scoring {len(candidates)} items for user {user_id!r} of {project}",
+        timeout_s,
+    )
+
+
 def move_serving_alias(
     settings: Settings,
     project: str,

@@ -175,3 +175,26 @@ def test_help_shows_no_flag_types_and_no_backticks(tmp_path: Path) -> None:
     assert rc == 0
     assert "<bool>" not in out and "`" not in out
     assert "--json" in out and "--group" in out
+
+
+def test_score_for_a_user_names_the_serving_app_that_is_down(tmp_path: Path) -> None:
+    env = {"TWOTIER_DATA_DIR": str(tmp_path), "TWOTIER_RAY__SERVE_PORT": "9"}
+    rc, _, stderr = _twotier("score", "7", "--items", "1,2", env=env)
+    line = _one_error_line(stderr)
+    assert rc == 1, stderr
+    assert "cannot reach the serving app at http://127.0.0.1:9/v1/movielens/second-tier-model" in (
+        line
+    )
+    assert "Fix: `twotier up`" in line
+
+
+def test_only_deploy_calls_its_private_post() -> None:
+    """Callers go through the public ``*_over_http`` functions, never ``deploy._post``."""
+    repo = Path(__file__).resolve().parents[2]
+    offenders = [
+        str(path.relative_to(repo))
+        for folder in ("platform", "pipelines", "serve_apps", "feature_jobs", "infra")
+        for path in (repo / folder).rglob("*.py")
+        if path.name != "deploy.py" and "_post(" in path.read_text().replace("__post", "")
+    ]
+    assert offenders == []
