@@ -152,11 +152,20 @@ class Served(BaseModel):
     models: list[ModelUsed]
 
 
+def _none(value: object) -> bool:
+    return value is None
+
+
 class ItemScore(BaseModel):
+    """One item with its score, and its attributes when the request asked for some."""
+
     item_id: str
     score: float
     attributes: dict[str, str | list[str]] | None = Field(
-        None, description="The item's data asked for in `attributes` (e.g. its title)."
+        None,
+        exclude_if=_none,
+        description="The item's data asked for in `attributes` (e.g. its title); left out of "
+        "the answer when none were asked.",
     )
 
 

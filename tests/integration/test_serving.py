@@ -312,7 +312,7 @@ def test_recommended_items_carry_the_attributes_asked_for(world: World) -> None:
     )  # fmt: skip
     user = _group_users(MAIN, "control", 1)[0]
     plain = _post(world, f"/v1/{MAIN}/recommend", {"user_id": user, "n": 6}).json()
-    assert all(i["attributes"] is None for i in plain["items"])
+    assert all("attributes" not in i for i in plain["items"])  # left out, not null
     body = {"user_id": user, "n": 6, "attributes": ["title", "nope"]}
     asked = _post(world, f"/v1/{MAIN}/recommend", body).json()
     assert [i["item_id"] for i in asked["items"]] == [i["item_id"] for i in plain["items"]]
@@ -326,6 +326,7 @@ def test_first_and_second_tier_endpoints(world: World) -> None:
     first = _post(world, f"/v1/{MAIN}/first-tier-model", {"user_id": user, "k": 12})
     assert first.status_code == 200, first.text
     items = [c["item_id"] for c in first.json()["candidates"]]
+    assert all(set(c) == {"item_id", "score"} for c in first.json()["candidates"])
     candidates, _, _ = world.expected(MAIN, "champion", user, 12, union=False)
     assert items == candidates
     assert first.json()["models"][0]["name"] == model_name(MAIN, "tier1", "candidates")

@@ -6,12 +6,15 @@ from __future__ import annotations
 import asyncio
 import importlib
 import inspect
+import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import yaml
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
 from pydantic import ValidationError
 from ray.serve import Application
 from ray.serve.schema import ServeDeploySchema
@@ -21,11 +24,18 @@ from twotier.experiments import Experiment, ExperimentGroup, assign
 from twotier.features.builtin import builtin_projects
 from twotier.registry import ModelVersionRef
 from twotier.serve_apps.alias_directory import AliasDirectory
-from twotier.serve_apps.app import DEPLOYMENTS, ServingArgs, build
+from twotier.serve_apps.app import DEPLOYMENTS, ServingArgs, api, build
 from twotier.serve_apps.model_cache import Loaded, ModelCache
 from twotier.serve_apps.recommendation_log import RECOMMENDATION_ACTION
 from twotier.serve_apps.routing import RouteNotFound, check_model, route, tier_two_model
-from twotier.serve_apps.schemas import AdminModelRequest, RecommendRequest, ScoreRequest
+from twotier.serve_apps.schemas import (
+    AdminModelRequest,
+    FirstTierResponse,
+    ItemScore,
+    RecommendRequest,
+    RecommendResponse,
+    ScoreRequest,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -74,6 +84,39 @@ def test_request_bodies_validate() -> None:
         AdminModelRequest.model_validate({**admin, "tier": "tier3"})
     with pytest.raises(ValidationError, match="version"):
         AdminModelRequest.model_validate({**admin, "version": "latest"})
+
+
+def test_item_attributes_appear_only_when_asked_and_stay_documented() -> None:
+    """No ``"attributes": null`` in answers that asked for none; null experiment/group stay."""
+    served = {"project": "p", "user_id": "1", "experiment": None, "group": None, "models": []}
+    first = FirstTierResponse(
+        **served, candidates=[ItemScore(item_id="1", score=0.5)], cold_user=False
+    )
+    asked = RecommendResponse(
+        **served,
+        request_id="r",
+        items=[
+            ItemScore(item_id="1", score=0.5, attributes={"title": "Heat (1995)"}),
+            ItemScore(item_id="2", score=0.25, attributes={}),
+        ],
+        candidates=2,
+        seen_excluded=0,
+        features_degraded=False,
+        cold_user=False,
+    )
+    probe = FastAPI()
+    probe.get("/first", response_model=FirstTierResponse)(lambda: first)
+    probe.get("/asked", response_model=RecommendResponse)(lambda: asked)
+    with TestClient(probe) as client:
+        first_json = client.get("/first").json()
+        asked_json = client.get("/asked").json()
+    assert first_json["candidates"] == [{"item_id": "1", "score": 0.5}]
+    assert first_json["experiment"] is None and first_json["group"] is None
+    assert [i["attributes"] for i in asked_json["items"]] == [{"title": "Heat (1995)"}, {}]
+    assert json.loads(first.model_dump_json())["candidates"][0] == {"item_id": "1", "score": 0.5}
+    documented = api.openapi()["components"]["schemas"]["ItemScore"]
+    assert "attributes" in documented["properties"]
+    assert documented["required"] == ["item_id", "score"]
 
 
 def test_recommendation_events_are_valid_events() -> None:
