@@ -35,6 +35,7 @@ from ray.serve.handle import DeploymentHandle
 
 from twotier.config import ConfigError, Settings
 from twotier.events import Event
+from twotier.feature_log import sample_request
 from twotier.features.spec import ProjectFeatures
 from twotier.naming import check_project, model_name
 from twotier.registry import ModelNotFound, ModelVersionRef
@@ -49,7 +50,11 @@ from twotier.serve_apps.hosts import (
 )
 from twotier.serve_apps.loader import ModelLoadError
 from twotier.serve_apps.onnx_model import FeatureMismatch, features_to_matrix
-from twotier.serve_apps.recommendation_log import RECOMMENDATION_ACTION, RecommendationLog
+from twotier.serve_apps.recommendation_log import (
+    RECOMMENDATION_ACTION,
+    LoggedFeatures,
+    RecommendationLog,
+)
 from twotier.serve_apps.routing import (
     CHAMPION,
     TIER_ONE_MODEL,
@@ -118,6 +123,14 @@ def _matrix(body: ScoreRequest, ref: ModelVersionRef, names: list[str]) -> np.nd
         )
     width = widths.pop() if widths else len(names)
     return np.array(rows, dtype=np.float32).reshape(len(rows), width)  # None -> NaN
+
+
+def _logged_features(ranked: dict[str, Any], top: np.ndarray) -> LoggedFeatures | None:
+    """The served items' input rows of a sampled request (None: not sampled or degraded,
+    whose defaults say nothing about the feature pipelines)."""
+    if "features" not in ranked or ranked["degraded"]:
+        return None
+    return LoggedFeatures(ranked["columns"], ranked["features"][top], ranked["features_ts"])
 
 
 def _node_metrics_url() -> str | None:
@@ -404,6 +417,7 @@ class Ingress:
                 candidates,
                 dict(body.request_features),
                 per_candidate,
+                self.log is not None and sample_request(self.serving.feature_log_fraction),
             )
         scores = np.asarray(ranked["scores"], dtype=np.float64)
         seen = np.asarray(ranked["seen"], dtype=bool)
@@ -428,7 +442,10 @@ class Ingress:
         if ranked["degraded"]:
             self.metrics.degraded.inc(tags={"project": project})
         if self.log is not None:
-            self.log.log(self._events(project, body, chosen, used1, used2, request_id, items))
+            self.log.log(
+                self._events(project, body, chosen, used1, used2, request_id, items),
+                _logged_features(ranked, top),
+            )
         return RecommendResponse(
             project=project,
             user_id=body.user_id,

@@ -347,11 +347,23 @@ class ModelHost:
         candidates: list[str],
         request: dict[str, float],
         per_candidate: dict[str, list[float]] | None = None,
+        log_features: bool = False,
     ) -> dict[str, Any]:
         """Tier two: online features of ``candidates`` (cached), then the ranker's scores.
 
+        Args:
+            project: The project.
+            user_id: The user.
+            candidates: The item ids to score, one matrix row each.
+            request: Request-feature values.
+            per_candidate: Tier one's per-candidate features (``CANDIDATE_FEATURES``).
+            log_features: Also return the input matrix, its columns and read time (a
+                request sampled by ``serving.feature_log_fraction``).
+
         Returns:
-            ``{"scores": [...], "seen": [bool, ...], "degraded": bool}`` in candidate order.
+            ``{"scores": [...], "seen": [bool, ...], "degraded": bool}`` in candidate order;
+            with ``log_features`` also ``"features"`` (float32 array, one row per
+            candidate), ``"columns"`` (``spec.columns()``) and ``"features_ts"`` (ms).
 
         Raises:
             ModelLoadError: The version was registered without a feature spec.
@@ -371,17 +383,27 @@ class ModelHost:
         wanted = model.spec.model.candidate_features()
         values: dict[str, Any] = dict(request)
         values |= {n: v for n, v in (per_candidate or {}).items() if n in wanted}
+        # A sampled request pins the read time, so its logged recency features can be
+        # recomputed offline at exactly that time.
+        now_ms = int(time.time() * 1000) if log_features else None
         read = await asyncio.to_thread(
-            reader.matrix, model.spec, project, user_id, candidates, values
+            reader.matrix, model.spec, project, user_id, candidates, values, now_ms
         )
         if self._feature_metrics is not None:
             self._feature_metrics.record(read, len(reader.cache))
         scores = model.tier_two.predict(read.matrix)
-        return {
+        answer = {
             "scores": scores.tolist(),
             "seen": seen_mask(model.spec, read.matrix).tolist(),
             "degraded": read.degraded,
         }
+        if log_features:
+            answer |= {
+                "features": read.matrix,
+                "columns": model.spec.columns(),
+                "features_ts": now_ms,
+            }
+        return answer
 
     async def score_rows(self, matrix: np.ndarray) -> list[float]:
         """Raw rows in the model's feature order → scores (``/score``)."""

@@ -219,6 +219,9 @@ class ServingConfig(_Section):
     """Bytes of ONNX models one replica keeps loaded; least recently used beyond it go."""
     deploy_on_up: bool = True
     """``twotier up`` deploys the serving application once Ray Serve runs."""
+    feature_log_fraction: float = Field(0.01, ge=0, le=1)
+    """Share of ``/recommend`` requests whose served items log their tier-two input row
+    (context ``features``) for the training/serving skew check; 0 logs none, 1 every one."""
 
     @model_validator(mode="after")
     def _k_within_cap(self) -> ServingConfig:
@@ -325,6 +328,11 @@ class PipelinesConfig(_Section):
     watchdog_growth_evaluations: int = Field(3, ge=1)
     """Evaluations in a row of growing Kafka lag after which the watchdog restarts the
     streaming job."""
+    skew_max_mismatch_rate: float = Field(0.05, ge=0, le=1)
+    """The skew check fails when a feature's served values differ from the offline
+    point-in-time values in more than this share of the sampled rows."""
+    skew_min_rows: int = Field(50, ge=0)
+    """Below this many sampled rows the skew check passes with a warning (too few to judge)."""
 
 
 OnlineServerName = Literal["secantusdb", "ferretdb"]
