@@ -202,21 +202,64 @@ def job_summary(status: Mapping[str, Any], now_ms: int | None = None) -> str:
     return line
 
 
-def lag_now(settings: Settings, status: Mapping[str, Any]) -> int | None:
-    """Records in the topic now that the job has not processed: Kafka's end offsets now
-    minus the offsets of the last batch (``None`` when Kafka does not answer).
+LAG_TIMEOUT_S = 1.5
+"""How long ``lags_now`` waits for Kafka before it reports the lag as unknown."""
 
-    ``lag`` in the status is as of the last batch; a job that stopped or hangs shows its
-    real distance only here.
+
+def lags_now(
+    settings: Settings, statuses: Mapping[str, Mapping[str, Any]], timeout_s: float = LAG_TIMEOUT_S
+) -> dict[str, int] | None:
+    """Per project, records in its topic now that its job has not processed: Kafka's end
+    offsets now minus the offsets of the job's last batch.
+
+    One Kafka connection serves every job. ``lag`` in a status is as of its last batch; a
+    job that stopped or hangs shows its real distance only here.
+
+    Args:
+        settings: Where Kafka is.
+        statuses: Job statuses by project, as ``all_statuses`` returns them.
+        timeout_s: How long to wait for Kafka to answer at all.
+
+    Returns:
+        The lag by project (0 for a project whose topic does not exist yet), or ``None``
+        when Kafka does not answer within ``timeout_s``.
     """
+    from kafka import TopicPartition
+
+    from twotier.kafka_clients import make_consumer
     from twotier.naming import events_topic
 
-    processed = {int(p): int(o) for p, o in (status.get("processed_offsets") or {}).items()}
-    offsets = KafkaOffsets(settings)
+    if not statuses:
+        return {}
+    wait_ms = max(1, int(timeout_s * 1000))
+    topics = {project: events_topic(project) for project in statuses}
     try:
-        end = offsets.end_offsets(events_topic(str(status.get("project"))))
-    except Exception:  # kafka-python's errors when the broker is away
+        consumer = make_consumer(
+            settings,
+            "twotier-status-lag",
+            allow_auto_create_topics=False,
+            bootstrap_timeout_ms=wait_ms,
+            request_timeout_ms=wait_ms,
+        )
+    except Exception:  # kafka-python's errors (wrapped) when the broker is away
+        return None
+    try:
+        existing = consumer.topics()
+        wanted = [
+            TopicPartition(topic, partition)
+            for topic in sorted(set(topics.values()) & existing)
+            for partition in sorted(consumer.partitions_for_topic(topic) or ())
+        ]
+        ends = consumer.end_offsets(wanted) if wanted else {}
+    except Exception:  # the broker went away mid-way
         return None
     finally:
-        offsets.close()
-    return sum(lag_of(end, processed).values())
+        with contextlib.suppress(Exception):
+            consumer.close()
+    lags: dict[str, int] = {}
+    for project, topic in topics.items():
+        end = {tp.partition: int(o) for tp, o in ends.items() if tp.topic == topic}
+        done = statuses[project].get("processed_offsets") or {}
+        processed = {int(p): int(o) for p, o in done.items()}
+        lags[project] = sum(lag_of(end, processed).values())
+    return lags

@@ -133,11 +133,13 @@ def _print_jobs(settings: object) -> None:
         from twotier.feature_jobs.status import all_statuses, job_summary
     except ImportError:  # feature jobs not installed alongside the stack
         return
-    from twotier.feature_jobs.status import lag_now
+    from twotier.feature_jobs.status import lags_now
 
-    for job in all_statuses(settings).values():
-        now = lag_now(settings, job)
-        console.print(f"{job_summary(job)}; lag now {'?' if now is None else now}")
+    jobs = all_statuses(settings)
+    lags = lags_now(settings, jobs)  # one Kafka connection for all jobs, short timeout
+    for project, job in jobs.items():
+        now = "unknown (Kafka down)" if lags is None else lags[project]
+        console.print(f"{job_summary(job)}; lag now: {now}")
 
 
 def install(only: OnlyOption = None) -> None:

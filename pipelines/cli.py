@@ -71,13 +71,16 @@ def materialize(
     project: ProjectOption = None,
     select: Annotated[
         str | None,
-        typer.Option(help="Dagster asset selection (default: all assets of the project)."),
+        typer.Option(
+            help="Dagster asset selection (default: the project's assets but the "
+            "daily experiment readouts, which the readout job runs)."
+        ),
     ] = None,
     partition_range: Annotated[
         str | None,
         typer.Option(
-            help="Training-set months FIRST...LAST, e.g. 1996-01-01...2018-09-01 "
-            "(default: every month from the partitions' start to now)."
+            help="Partitions FIRST...LAST: training months, e.g. 1996-01-01...2018-09-01, "
+            "or serve days for the readout assets (default: all, up to now)."
         ),
     ] = None,
     config_json: Annotated[
@@ -100,11 +103,12 @@ def materialize(
     One run covers the whole partition range (every asset has a single-run backfill
     policy); blocking asset checks that fail stop the promotion and fail the run.
     """
-    from twotier.pipelines.materialize import all_partitions
+    from twotier.pipelines.jobs.readout import experiments_group
+    from twotier.pipelines.materialize import default_range
 
     settings = state.settings()
     project = project_of(settings, project)
-    selection = select or f"key:{project}/*"
+    selection = select or (f'key:"{project}/*" and not group:"{experiments_group(project)}"')
     try:
         matched = selected_assets(selection)
     except ValueError as exc:
@@ -117,7 +121,13 @@ def materialize(
             code=2,
         )
     if partition_range is None:
-        first, last = all_partitions(settings.pipelines.partitions_start)
+        names = [key.rsplit("/", 1)[-1] for key in matched]
+        try:
+            first, last = default_range(
+                names, settings.pipelines.partitions_start, settings.pipelines.readout_start
+            )
+        except ValueError as exc:
+            raise fail(str(exc), code=2) from None
         partition_range = f"{first}...{last}"
     try:
         config = run_config(config_json, in_process, log_level.upper())

@@ -64,6 +64,8 @@ def make_definitions(settings: Settings, projects: Sequence[str] | None = None) 
             settings.project_features(project),
             partitions_start=settings.pipelines.partitions_start,
             readout_start=settings.pipelines.readout_start,
+            skew_max_mismatch_rate=settings.pipelines.skew_max_mismatch_rate,
+            skew_min_rows=settings.pipelines.skew_min_rows,
         )
         retrain = make_retrain_job(project)
         deploy = make_deploy_streaming_job(project)

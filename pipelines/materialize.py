@@ -13,8 +13,11 @@ import dagster as dg
 
 from twotier.config import Settings
 from twotier.pipelines.assets import make_project_assets
+from twotier.pipelines.assets.keys import DAILY_ASSETS
 from twotier.pipelines.assets.partitions import (
     DEFAULT_PARTITIONS_START,
+    DEFAULT_READOUT_START,
+    daily_partitions,
     range_tags,
     training_partitions,
 )
@@ -24,6 +27,31 @@ from twotier.pipelines.resources import make_resources
 def all_partitions(start: str = DEFAULT_PARTITIONS_START) -> tuple[str, str]:
     """The first and last training-set partition keys (the current month is the last)."""
     keys = training_partitions(start).get_partition_keys()
+    return keys[0], keys[-1]
+
+
+def default_range(
+    names: Sequence[str],
+    partitions_start: str = DEFAULT_PARTITIONS_START,
+    readout_start: str = DEFAULT_READOUT_START,
+) -> tuple[str, str]:
+    """Every partition of the assets ``names``: the training months from
+    ``partitions_start`` for the training assets, the serve days from ``readout_start``
+    for the daily experiment ones.
+
+    Raises:
+        ValueError: ``names`` mixes both kinds (one run holds one kind of partition).
+    """
+    daily = sorted(set(names) & DAILY_ASSETS)
+    if not daily:
+        return all_partitions(partitions_start)
+    if len(daily) < len(set(names)):
+        monthly = sorted(set(names) - DAILY_ASSETS)
+        raise ValueError(
+            f"{', '.join(daily)} are partitioned by serve day and {', '.join(monthly)} by "
+            "training month; materialise them in separate runs"
+        )
+    keys = daily_partitions(readout_start).get_partition_keys()
     return keys[0], keys[-1]
 
 
@@ -45,9 +73,11 @@ def materialize_project(
     Args:
         settings: Where Kafka, MLflow, serving and the offline store are; declares the project.
         project: The project.
-        selection: Asset names (without the project prefix) to run; all by default.
-        partition_range: First and last training-set partitions of the run; all by default
-            (one run covers the range: every asset has a single-run backfill policy).
+        selection: Asset names (without the project prefix) to run; by default every
+            asset but the daily experiment ones (``DAILY_ASSETS``, the readout job's).
+        partition_range: First and last partitions of the run (training months, or serve
+            days for the daily assets); all by default (one run covers the range: every
+            asset has a single-run backfill policy).
         partition_key: Run exactly one partition instead of a range.
         run_config: Run config, e.g. ``{"ops": {"<project>__tier2_ranker": {"config":
             {"auc_floor": 0.6}}}}``.
@@ -59,16 +89,32 @@ def materialize_project(
 
     Returns:
         The run result; ``materialization_metadata(result, project, "<asset>")`` reads one.
+
+    Raises:
+        ValueError: ``selection`` mixes daily and monthly assets.
     """
     partitions_start = partitions_start or settings.pipelines.partitions_start
     assets = make_project_assets(
-        project, settings.project_features(project), partitions_start=partitions_start
+        project,
+        settings.project_features(project),
+        partitions_start=partitions_start,
+        readout_start=settings.pipelines.readout_start,
+        skew_max_mismatch_rate=settings.pipelines.skew_max_mismatch_rate,
+        skew_min_rows=settings.pipelines.skew_min_rows,
     )
+    if selection is None:
+        selection = [
+            key.path[-1]
+            for asset in assets
+            if isinstance(asset, dg.AssetsDefinition)
+            for key in asset.keys
+            if key.path[-1] not in DAILY_ASSETS
+        ]
     tags: dict[str, str] = {}
     if partition_key is None:
-        first, last = partition_range or all_partitions(partitions_start)
-        tags = range_tags(first, last)
-    keys = None if selection is None else [dg.AssetKey([project, name]) for name in selection]
+        found = default_range(selection, partitions_start, settings.pipelines.readout_start)
+        tags = range_tags(*(partition_range or found))
+    keys = [dg.AssetKey([project, name]) for name in selection]
     return dg.materialize(
         assets,
         resources={**make_resources(settings), **(resources or {})},

@@ -10,6 +10,7 @@ asset check of one project, keyed ``<project>/<asset>``::
                                       experiment_training_sets ◄─┘       │           │
                                                                          └─► promotion ◄┘
     events_offline ──► recommendation_outcomes ──► experiment_readout (daily partitions)
+    events_offline, feature_snapshots ──► feature_skew (daily partitions, skew check)
 """
 
 from __future__ import annotations
@@ -19,6 +20,11 @@ from typing import Any
 from twotier.features.spec import ProjectFeatures
 from twotier.naming import check_project
 from twotier.pipelines.assets.experiments.experiment_readout import make_experiment_readout
+from twotier.pipelines.assets.experiments.feature_skew import (
+    DEFAULT_MAX_MISMATCH_RATE,
+    DEFAULT_MIN_ROWS,
+    make_feature_skew,
+)
 from twotier.pipelines.assets.experiments.recommendation_outcomes import (
     make_recommendation_outcomes,
 )
@@ -49,6 +55,8 @@ def make_project_assets(
     *,
     partitions_start: str = DEFAULT_PARTITIONS_START,
     readout_start: str = DEFAULT_READOUT_START,
+    skew_max_mismatch_rate: float = DEFAULT_MAX_MISMATCH_RATE,
+    skew_min_rows: int = DEFAULT_MIN_ROWS,
 ) -> list[Any]:
     """Every asset and asset check of ``project`` (keys start with ``<project>/``).
 
@@ -58,6 +66,8 @@ def make_project_assets(
             ``twotier.config.load_settings()`` (the environment the code location runs in).
         partitions_start: The first month (``YYYY-MM-DD``) of the training-set partitions.
         readout_start: The first day (``YYYY-MM-DD``) of the daily readout partitions.
+        skew_max_mismatch_rate: The skew check fails when a feature mismatches more often.
+        skew_min_rows: Below this many sampled rows the skew check only warns.
 
     Raises:
         ValueError: The project name is invalid.
@@ -84,6 +94,16 @@ def make_project_assets(
     ]
     if features.experiments and models:
         assets.append(make_experiment_training_sets(project, features, partitions))
+    if models:
+        assets.extend(
+            make_feature_skew(
+                project,
+                features,
+                days,
+                max_mismatch_rate=skew_max_mismatch_rate,
+                min_rows=skew_min_rows,
+            )
+        )
     if features.experiments:
         assets.append(make_recommendation_outcomes(project, features, days))
         assets.append(make_experiment_readout(project, features, days))

@@ -6,7 +6,7 @@ the asset holds, and model assets mirror the registered model names::
     events_offline, items_offline, feature_snapshots,
     training_set_tier1, training_set_tier2_<model>, experiment_training_sets,
     tier1_candidates, tier2_<model>, promotion,
-    recommendation_outcomes, experiment_readout
+    recommendation_outcomes, experiment_readout, feature_skew
 """
 
 from __future__ import annotations
@@ -28,6 +28,10 @@ TIER_ONE = f"tier1_{TIER_ONE_MODEL}"
 PROMOTION = "promotion"
 RECOMMENDATION_OUTCOMES = "recommendation_outcomes"
 EXPERIMENT_READOUT = "experiment_readout"
+FEATURE_SKEW = "feature_skew"
+DAILY_ASSETS = frozenset({RECOMMENDATION_OUTCOMES, EXPERIMENT_READOUT, FEATURE_SKEW})
+"""The assets partitioned by serve day (the readout job's); every other partitioned asset
+is partitioned by training month, and one run holds either kind, never both."""
 
 
 def asset_key(project: str, name: str) -> dg.AssetKey:

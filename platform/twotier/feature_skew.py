@@ -63,7 +63,7 @@ CREATE TABLE IF NOT EXISTS {table} (
     computed_ms Int64
 ) ENGINE = ReplacingMergeTree
 PARTITION BY day
-ORDER BY (model, feature)
+ORDER BY (day, model, feature)
 COMMENT 'twotier: per-feature mismatch of served and point-in-time offline features'
 """
 
@@ -386,6 +386,8 @@ def day_skew(
     features = settings.project_features(project)
     events = sampled_recommendations(store, project, day)
     result = DaySkew(day, pd.DataFrame(columns=list(SKEW_COLUMNS)), sampled=len(events))
+    if events.empty:  # chdb answers an empty result with no columns at all
+        return result
     frames: list[pd.DataFrame] = []
     for served_model, part in events.groupby("model", sort=True):
         spec, reason = declared_spec(project, features, str(served_model))

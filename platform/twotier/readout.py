@@ -100,7 +100,7 @@ CREATE TABLE IF NOT EXISTS {table} (
     computed_ms Int64
 ) ENGINE = ReplacingMergeTree
 PARTITION BY partition
-ORDER BY (experiment, shuffle, scope, `group`, metric)
+ORDER BY (partition, experiment, shuffle, scope, `group`, metric)
 COMMENT 'twotier: per-group experiment metrics against control, by day'
 """
 

@@ -161,3 +161,33 @@ def test_start_on_a_taken_port_names_the_port(kafka: Service, tmp_path: Path) ->
         with pytest.raises(StackError, match=rf"port 127.0.0.1:{port} is already in use"):
             KafkaService(taken).start()
     assert not (tmp_path / "kafka" / "server.properties").exists()
+
+
+def test_status_lag_now_is_the_topics_end_minus_what_the_job_processed(kafka: Service) -> None:
+    from twotier.feature_jobs.status import lags_now
+    from twotier.replay import ensure_topic
+
+    settings = kafka.settings
+    project = f"lag_{uuid.uuid4().hex[:8]}"
+    topic = ensure_topic(settings, project, partitions=2)
+    producer = KafkaProducer(bootstrap_servers=settings.kafka.bootstrap)
+    for k in range(7):
+        producer.send(topic, value=b"{}", partition=k % 2)
+    producer.flush()
+    producer.close()
+    statuses = {
+        project: {"project": project, "processed_offsets": {"0": 2}},  # 4 + 3 written
+        "lag_never_created": {"project": "lag_never_created", "processed_offsets": {}},
+    }
+    assert lags_now(settings, statuses) == {project: (4 - 2) + 3, "lag_never_created": 0}
+    assert lags_now(settings, {}) == {}
+    away = settings.model_copy(
+        update={"kafka": settings.kafka.model_copy(update={"port": _free_port()})}
+    )
+    assert lags_now(away, statuses, timeout_s=0.5) is None  # broker away: unknown, no hang
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])

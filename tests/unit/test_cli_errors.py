@@ -78,6 +78,12 @@ def test_an_unknown_project_or_empty_selection_materialises_nothing(tmp_path: Pa
     assert rc == 2 and "no project 'nope'; declared: memes, movielens" in _one_error_line(stderr)
     rc, out, stderr = _twotier("materialize", "--select", "key:nothing/*", env=env)
     assert rc == 2 and "matches no asset" in _one_error_line(stderr)
+    # Daily readout assets and monthly training assets cannot share one run.
+    mixed = "key:movielens/experiment_readout or key:movielens/feature_snapshots"
+    rc, out, stderr = _twotier("materialize", "--select", mixed, env=env)
+    line = _one_error_line(stderr)
+    assert rc == 2 and "experiment_readout are partitioned by serve day" in line, stderr
+    assert "materialise them in separate runs" in line
     # Nothing started: no Dagster run, no instance folder written.
     assert "materialising" not in out + stderr
     assert not (tmp_path / "dagster").exists()

@@ -178,6 +178,9 @@ def test_project_graph_keys_checks_and_pools() -> None:
             "tier1_candidates",
             "tier2_ranker",
             "promotion",
+            "recommendation_outcomes",
+            "experiment_readout",
+            "feature_skew",
         )
     }
     graph = defs.resolve_asset_graph()
@@ -204,10 +207,10 @@ def test_project_graph_keys_checks_and_pools() -> None:
     for asset in assets:
         if "offline_store" in asset.required_resource_keys:
             assert asset.op.pool == "offline_store", asset
-    plain = make_project_assets(  # no experiments: no group sets
+    plain = make_project_assets(  # no experiments: no group sets, outcomes or readout
         "movielens", MOVIELENS.model_copy(update={"experiments": ()})
     )
-    assert len(plain) == len(assets) - 1
+    assert len(plain) == len(assets) - 3
     with pytest.raises(ValueError, match="invalid project name"):
         make_project_assets("Bad-Name", MOVIELENS)
 
@@ -270,3 +273,13 @@ def test_each_partition_of_a_single_run_gets_its_own_figures() -> None:
         "2020-02-01": {"rows": 7, "from": "2020-02-01", "until": "2020-03-01"},
         "2020-03-01": {"rows": 0, "from": "2020-03-01", "until": "2020-04-01"},
     }
+
+
+def test_default_range_is_months_or_days_and_never_both() -> None:
+    from twotier.pipelines.materialize import all_partitions, default_range
+
+    assert default_range(["feature_snapshots"], "2018-01-01") == all_partitions("2018-01-01")
+    first, last = default_range(["experiment_readout", "feature_skew"], readout_start="2026-11-01")
+    assert first == "2026-11-01" and last >= "2026-12-01"
+    with pytest.raises(ValueError, match="materialise them in separate runs"):
+        default_range(["experiment_readout", "promotion"])

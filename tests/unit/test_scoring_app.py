@@ -10,6 +10,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -88,7 +89,13 @@ def test_request_bodies_validate() -> None:
 
 def test_item_attributes_appear_only_when_asked_and_stay_documented() -> None:
     """No ``"attributes": null`` in answers that asked for none; null experiment/group stay."""
-    served = {"project": "p", "user_id": "1", "experiment": None, "group": None, "models": []}
+    served: dict[str, Any] = {
+        "project": "p",
+        "user_id": "1",
+        "experiment": None,
+        "group": None,
+        "models": [],
+    }
     first = FirstTierResponse(
         **served, candidates=[ItemScore(item_id="1", score=0.5)], cold_user=False
     )
