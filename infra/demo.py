@@ -11,7 +11,11 @@
    of both tiers to ``champion``;
 5. Ray Serve deploys the scoring app, which pulls the models by alias;
 6. tier one's champion proposes candidate movies for a user, and one HTTP request scores
-   them with tier two's champion on the online features (SecantusDB).
+   them with tier two's champion on the online features (SecantusDB);
+7. a challenger is trained and the A/B experiment serves it to its treatment group;
+8. one HTTP request hot-swaps ``champion`` to the challenger's version;
+9. the readout: recommendations for the most active later users, their real later
+   ratings replayed (re-timed to now), attribution, and the per-group table.
 
 Every step shells out to the ``twotier`` CLI, so the demo runs exactly what a person would.
 It can be run again: the replay is skipped when the topic already holds the events.
@@ -385,6 +389,17 @@ def run(settings: Settings, project: str, dataset: Path, limit: int) -> None:
     _step(8, "Hot swap", "One HTTP request moves `champion` to the challenger's version.")
     _hot_swap(settings, project, users[0])
 
+    if settings.project_features(project).experiments:
+        _step(
+            9,
+            "The experiment's readout",
+            f"Serve the {READOUT_USERS} users with the most later ratings, replay those "
+            "ratings (their real later choices, re-timed to now), attribute every "
+            "recommended movie the user then rated within the window, and compare the "
+            "groups.",
+        )
+        _readout(settings, project, dataset, limit)
+
     console.rule("[bold green]demo finished")
     dagster = f"http://{settings.dagster.host}:{settings.dagster.port}"
     console.print(f"Dagster UI:     {dagster}/assets/{project}  (the project's asset graph)")
@@ -395,6 +410,101 @@ def run(settings: Settings, project: str, dataset: Path, limit: int) -> None:
     console.print(f"Ray dashboard:  {ray_dashboard}/#/serve")
     console.print("A tour of what to open where: docs/tour.md")
     console.print("Stop everything with `make down` (or `twotier down`).")
+
+
+READOUT_USERS = 400
+"""Users the readout step serves (those with the most ratings after the replayed ones)."""
+READOUT_K = 20
+"""Movies recommended to each of them."""
+
+
+def _later_users(dataset: Path, limit: int, n: int) -> list[str]:
+    """The ``n`` users with the most ratings after the first ``limit`` (most active first)."""
+    from collections import Counter
+
+    from twotier.replay import read_ratings
+
+    counts = Counter(str(r.user_id) for r in read_ratings(dataset)[limit:])
+    return [user for user, _ in counts.most_common(n)]
+
+
+def _serve_cohort(settings: Settings, project: str, users: list[str]) -> int:
+    """Ask for ``READOUT_K`` recommendations for each user, randomised (nothing forced)."""
+    served = 0
+    started = time.monotonic()
+    with httpx.Client(timeout=60) as client:
+        for k, user in enumerate(users, start=1):
+            response = client.post(
+                f"{_serve(settings)}/v1/{project}/recommend",
+                json={"user_id": user, "n": READOUT_K},
+            )
+            response.raise_for_status()
+            served += len(response.json()["items"])
+            if k % 100 == 0 or k == len(users):
+                console.print(f"  served {k}/{len(users)} users, {served} recommendations")
+    console.print(f"[dim]served in {time.monotonic() - started:.1f} s[/dim]")
+    return served
+
+
+def _wait_for_log(settings: Settings, project: str, before: int, served: int) -> None:
+    """Wait until serving's log thread has put the served items on the topic."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        logged = _events_in_topic(settings, project) - before
+        if logged >= served:
+            console.print(f"  {logged} recommendation events logged to {events_topic(project)}")
+            return
+        time.sleep(1)
+    console.print(f"  [yellow]only {logged} of {served} recommendations were logged[/yellow]")
+
+
+def _readout(settings: Settings, project: str, dataset: Path, limit: int) -> None:
+    from datetime import UTC, datetime
+
+    experiment = settings.project_features(project).experiments[0]
+    everything = _expected_events(dataset, 10**9)
+    before = _events_in_topic(settings, project)
+    if before >= everything:
+        console.print(f"topic {events_topic(project)} already holds the later ratings: skipped")
+    else:
+        served = _serve_cohort(settings, project, _later_users(dataset, limit, READOUT_USERS))
+        _wait_for_log(settings, project, before, served)
+        _twotier(
+            "replay",
+            "--project",
+            project,
+            "--dataset",
+            str(dataset),
+            "--skip",
+            str(limit),
+            "--retime-now",
+            "--no-items",
+        )
+    now = datetime.now(UTC)
+    month, today = now.strftime("%Y-%m-01"), now.strftime("%Y-%m-%d")
+    _twotier(  # the new events and recommendations into ClickHouse
+        "materialize",
+        "--project",
+        project,
+        "--select",
+        f"key:{project}/events_offline",
+        "--partition-range",
+        f"{month}...{month}",
+    )
+    _twotier(
+        "materialize",
+        "--project",
+        project,
+        "--select",
+        f"key:{project}/recommendation_outcomes or key:{project}/experiment_readout",
+        "--partition-range",
+        f"{today}...{today}",
+    )
+    _twotier("experiments", "--project", project)
+    plot = settings.data_dir / "readouts" / project / f"{experiment.name}-shuffle"
+    plots = sorted(plot.parent.glob(f"{plot.name}*.png"), key=lambda p: p.stat().st_mtime)
+    if plots:
+        console.print(f"readout plot (hit rate by day per group, 95% intervals): {plots[-1]}")
 
 
 def _mlflow_runs_url(settings: Settings, project: str) -> str:

@@ -8,6 +8,7 @@ so the core never imports them.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from importlib.metadata import entry_points
@@ -152,6 +153,16 @@ def replay_command(
         bool,
         typer.Option(help="Also load movies.csv (title, genres) as item data (online store)."),
     ] = True,
+    skip: Annotated[
+        int, typer.Option(min=0, help="Leave out the first N ratings (an earlier --limit N).")
+    ] = 0,
+    retime_now: Annotated[
+        bool,
+        typer.Option(
+            help="Re-time the ratings to now, 1 ms apart in order: users' real later "
+            "choices, after what serving recommended them now (for the readout)."
+        ),
+    ] = False,
 ) -> None:
     """Replay MovieLens ratings into the project's Kafka topic as events, with item data."""
     from twotier.items import load_items, movielens_items
@@ -167,7 +178,14 @@ def replay_command(
             loaded = load_items(settings, project, movielens_items(dataset))
             show(f"{loaded} items loaded")
         n = replay_movielens(
-            settings, project, dataset, limit=limit, speedup=speedup, progress=show
+            settings,
+            project,
+            dataset,
+            limit=limit,
+            speedup=speedup,
+            progress=show,
+            skip=skip,
+            retime_from_ms=time.time_ns() // 1_000_000 if retime_now else None,
         )
     console.print(f"[green]replayed[/green] {n} events and {loaded} items into project {project}")
 

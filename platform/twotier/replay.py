@@ -96,11 +96,15 @@ def read_ratings(dataset_dir: Path, limit: int | None = None) -> list[Rating]:
 
 
 def rating_events(
-    project: str, rating: Rating, mapping: RatingMapping | None = None
+    project: str,
+    rating: Rating,
+    mapping: RatingMapping | None = None,
+    ts_ms: int | None = None,
 ) -> list[Event]:
-    """The events of one rating: a ``view``, plus a ``smile`` or ``dislike``."""
+    """The events of one rating: a ``view``, plus a ``smile`` or ``dislike``, at the
+    rating's time (or at ``ts_ms``, which also goes into their ids)."""
     mapping = mapping or RatingMapping()
-    ts = rating.timestamp * 1000
+    ts = rating.timestamp * 1000 if ts_ms is None else ts_ms
     actions: list[tuple[str, float]] = [("view", rating.rating)]
     if rating.rating >= mapping.smile_at_least:
         actions.append(("smile", 1.0))
@@ -126,10 +130,24 @@ def movielens_events(
     dataset_dir: Path,
     limit: int | None = None,
     mapping: RatingMapping | None = None,
+    *,
+    skip: int = 0,
+    retime_from_ms: int | None = None,
 ) -> Iterator[Event]:
-    """All events of the first ``limit`` ratings, in event-time order."""
-    for rating in read_ratings(dataset_dir, limit):
-        yield from rating_events(project, rating, mapping)
+    """All events of the first ``limit`` ratings, in event-time order.
+
+    Args:
+        project: The project the events belong to.
+        dataset_dir: The MovieLens folder.
+        limit: Only the first ``limit`` ratings (counted before ``skip``).
+        mapping: Rating thresholds for ``smile`` / ``dislike``.
+        skip: Leave out the first ``skip`` ratings (those a first replay sent).
+        retime_from_ms: Re-time the ratings to this time (ms), one millisecond apart in
+            their order: the users' real later choices, made after what was served now.
+    """
+    for k, rating in enumerate(read_ratings(dataset_dir, limit)[skip:]):
+        ts_ms = None if retime_from_ms is None else retime_from_ms + k
+        yield from rating_events(project, rating, mapping, ts_ms=ts_ms)
 
 
 def ensure_topic(settings: Settings, project: str, partitions: int = DEFAULT_PARTITIONS) -> str:
@@ -171,6 +189,9 @@ def replay_movielens(
     speedup: float | None = None,
     progress: Progress = quiet,
     mapping: RatingMapping | None = None,
+    *,
+    skip: int = 0,
+    retime_from_ms: int | None = None,
 ) -> int:
     """Produce the MovieLens ratings as JSON events to the project's topic.
 
@@ -183,6 +204,9 @@ def replay_movielens(
             followed, divided by ``speedup`` (``86400`` replays a day per second).
         progress: Receives a line every 20,000 events.
         mapping: Rating thresholds for ``smile`` / ``dislike``.
+        skip: Leave out the first ``skip`` ratings (a first replay sent them).
+        retime_from_ms: Re-time the ratings to start at this time (ms), one millisecond
+            apart in their order (see ``movielens_events``).
 
     Returns:
         The number of events produced (acknowledged by all in-sync replicas).
@@ -203,7 +227,10 @@ def replay_movielens(
     first_ts: int | None = None
     progress(f"replay: producing MovieLens events to {topic}")
     try:
-        for event in movielens_events(project, dataset_dir, limit, mapping):
+        replayed = movielens_events(
+            project, dataset_dir, limit, mapping, skip=skip, retime_from_ms=retime_from_ms
+        )
+        for event in replayed:
             if speedup is not None:
                 first_ts = event.ts if first_ts is None else first_ts
                 delay = wall_start + (event.ts - first_ts) / 1000 / speedup - time.monotonic()

@@ -2,8 +2,9 @@
 
 Kafka → Spark → SecantusDB; Kafka → Dagster asset graph (chdb, training sets, tier one and tier
 two as ONNX, MLflow, checks, promotion of both tiers) → Ray Serve → /recommend over HTTP; a
-challenger, the A/B experiment and a hot swap. Then the UIs' own APIs must show the runs,
-both models with their aliases and the assets.
+challenger, the A/B experiment, a hot swap and the experiment's readout on the users' real
+later ratings. Then the UIs' own APIs must show the runs, both models with their aliases
+and the assets.
 """
 
 from __future__ import annotations
@@ -70,6 +71,21 @@ def test_demo_finishes_with_recommendations_an_experiment_and_a_swap(
     assert "A/B experiment ranker_ab" in out
     assert "control" in out and "treatment" in out
     assert "@champion: v" in out  # the hot swap's answer
+
+
+def test_demo_reads_out_the_experiment_on_real_later_ratings(
+    demo_run: subprocess.CompletedProcess[str], settings: Settings
+) -> None:
+    out = demo_run.stdout
+    assert demo_run.returncode == 0, out[-3000:] + demo_run.stderr[-3000:]
+    assert "9. The experiment's readout" in out
+    assert "served 400/400 users" in out
+    assert "ranker_ab (shuffle 1): hits per recommendation" in out
+    assert "no attributed recommendations yet" not in out
+    assert "95% interval" in out and ("concluded:" in out or "running:" in out)
+    plot = settings.data_dir / "readouts" / PROJECT / "ranker_ab-shuffle1.png"
+    assert f"readout plot (hit rate by day per group, 95% intervals): {plot}" in out
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_streaming_job_wrote_exact_counters(

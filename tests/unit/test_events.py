@@ -143,3 +143,20 @@ def test_malformed_ratings_file_names_the_line(tmp_path: Path) -> None:
 def test_missing_ratings_file(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match=r"ratings\.csv"):
         read_ratings(tmp_path)
+
+
+def test_the_rest_of_the_ratings_replays_retimed_in_order() -> None:
+    from twotier.replay import movielens_events
+
+    dataset = Path(__file__).resolve().parents[2].parent / "shared/datasets/movielens-small"
+    first = list(movielens_events("p", dataset, limit=100))
+    rest = list(movielens_events("p", dataset, limit=150, skip=100, retime_from_ms=5_000))
+    ratings = read_ratings(dataset, 150)
+    assert {e.user_id for e in rest} == {str(r.user_id) for r in ratings[100:]}
+    # One millisecond per rating, in the ratings' order; ids carry the new time.
+    assert [e.ts for e in rest if e.action == "view"] == list(range(5_000, 5_050))
+    assert all(f"-{e.ts}-" in e.event_id for e in rest)
+    assert not {e.event_id for e in first} & {e.event_id for e in rest}
+    assert [e.ts for e in movielens_events("p", dataset, limit=3)] == [
+        e.ts for e in first[: len(list(movielens_events("p", dataset, limit=3)))]
+    ]
