@@ -481,15 +481,9 @@ def _readout(settings: Settings, project: str, dataset: Path, limit: int) -> Non
             "--no-items",
         )
     now = datetime.now(UTC)
-    month, today = now.strftime("%Y-%m-01"), now.strftime("%Y-%m-%d")
+    today = now.strftime("%Y-%m-%d")
     _twotier(  # the new events and recommendations into ClickHouse
-        "materialize",
-        "--project",
-        project,
-        "--select",
-        f"key:{project}/events_offline",
-        "--partition-range",
-        f"{month}...{month}",
+        "materialize", "--project", project, "--select", f"key:{project}/events_offline"
     )
     _twotier(
         "materialize",

@@ -10,6 +10,7 @@ import time
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 
 from twotier.cli import ProjectOption, console, fail, project_of, state
 
@@ -42,8 +43,9 @@ def run_config(
     return config
 
 
-def selected_assets(selection: str) -> list[str]:
-    """The asset keys (``project/name``) that a Dagster selection string matches.
+def selected_assets(selection: str) -> dict[str, bool]:
+    """The asset keys (``project/name``) that a Dagster selection string matches, each
+    with whether it is partitioned.
 
     Resolved against the code location's definitions before anything runs, so a
     selection that matches nothing is refused instead of materialising everything.
@@ -64,7 +66,10 @@ def selected_assets(selection: str) -> list[str]:
         keys = dg.AssetSelection.from_string(selection).resolve(graph)
     except Exception as exc:  # Dagster raises several kinds for a bad string
         raise ValueError(f"cannot read the asset selection {selection!r}: {exc}") from None
-    return sorted(k.to_user_string() for k in keys)
+    return {
+        k.to_user_string(): graph.get(k).partitions_def is not None
+        for k in sorted(keys, key=lambda k: k.to_user_string())
+    }
 
 
 def materialize(
@@ -120,11 +125,17 @@ def materialize(
             f"e.g. --select 'key:{project}/feature_snapshots'",
             code=2,
         )
-    if partition_range is None:
-        names = [key.rsplit("/", 1)[-1] for key in matched]
+    partitioned = [key.rsplit("/", 1)[-1] for key, parted in matched.items() if parted]
+    if not partitioned and partition_range is not None:
+        raise fail(
+            f"{', '.join(matched)} {'is' if len(matched) == 1 else 'are'} not partitioned: "
+            "leave out --partition-range",
+            code=2,
+        )
+    if partition_range is None and partitioned:
         try:
             first, last = default_range(
-                names, settings.pipelines.partitions_start, settings.pipelines.readout_start
+                partitioned, settings.pipelines.partitions_start, settings.pipelines.readout_start
             )
         except ValueError as exc:
             raise fail(str(exc), code=2) from None
@@ -145,14 +156,14 @@ def materialize(
         "twotier.pipelines.definitions",
         "--select",
         selection,
-        "--partition-range",
-        partition_range,
+        *(["--partition-range", partition_range] if partition_range else []),
     ]
     if config:
         command += ["--config-json", json.dumps(config)]
+    over = f" over partitions {partition_range}" if partition_range else ""
     console.print(
-        f"materialising [bold]{selection}[/bold] ({len(matched)} assets) over partitions "
-        f"{partition_range} (DAGSTER_HOME={settings.dagster_home})"
+        f"materialising [bold]{escape(selection)}[/bold] ({len(matched)} assets){over} "
+        f"(DAGSTER_HOME={settings.dagster_home})"
     )
     console.print("[dim]Dagster loads the code location first (up to a minute), then logs "
                   "each step here[/dim]")  # fmt: skip

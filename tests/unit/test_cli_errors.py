@@ -79,11 +79,21 @@ def test_an_unknown_project_or_empty_selection_materialises_nothing(tmp_path: Pa
     rc, out, stderr = _twotier("materialize", "--select", "key:nothing/*", env=env)
     assert rc == 2 and "matches no asset" in _one_error_line(stderr)
     # Daily readout assets and monthly training assets cannot share one run.
-    mixed = "key:movielens/experiment_readout or key:movielens/feature_snapshots"
+    mixed = "key:movielens/experiment_readout or key:movielens/training_set_tier1"
     rc, out, stderr = _twotier("materialize", "--select", mixed, env=env)
     line = _one_error_line(stderr)
     assert rc == 2 and "experiment_readout are partitioned by serve day" in line, stderr
     assert "materialise them in separate runs" in line
+    # An unpartitioned asset takes no partition range.
+    args = [
+        "--select",
+        "key:movielens/events_offline",
+        "--partition-range",
+        "2026-12-01...2026-12-01",
+    ]
+    rc, out, stderr = _twotier("materialize", *args, env=env)
+    line = _one_error_line(stderr)
+    assert rc == 2 and "movielens/events_offline is not partitioned: leave out" in line, stderr
     # Nothing started: no Dagster run, no instance folder written.
     assert "materialising" not in out + stderr
     assert not (tmp_path / "dagster").exists()
