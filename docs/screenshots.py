@@ -34,6 +34,7 @@ def pages(project: str) -> dict[str, str]:
     found = {
         "dagster_asset_graph": f"{dagster}/asset-groups",
         "dagster_runs": f"{dagster}/runs",
+        "dagster_readout": f"{dagster}/assets/{project}/experiment_readout",
         "mlflow_models": f"{mlflow}/#/models",
         "serving_docs": f"{serve}/docs",
         "ray_serve": f"http://{settings.ray.host}:{settings.ray.gcs_port + 7}/#/serve",

@@ -62,10 +62,10 @@ def selected_assets(selection: str) -> dict[str, bool]:
         from twotier.pipelines.definitions import defs
 
         graph = defs.resolve_asset_graph()
-    try:
-        keys = dg.AssetSelection.from_string(selection).resolve(graph)
-    except Exception as exc:  # Dagster raises several kinds for a bad string
-        raise ValueError(f"cannot read the asset selection {selection!r}: {exc}") from None
+        try:
+            keys = dg.AssetSelection.from_string(selection).resolve(graph)
+        except Exception as exc:  # Dagster raises several kinds for a bad string
+            raise ValueError(f"cannot read the asset selection {selection!r}: {exc}") from None
     return {
         k.to_user_string(): graph.get(k).partitions_def is not None
         for k in sorted(keys, key=lambda k: k.to_user_string())
@@ -145,6 +145,9 @@ def materialize(
     except ValueError as exc:
         raise fail(str(exc)) from None
     env = {**os.environ, **settings.to_env(), "DAGSTER_HOME": str(settings.dagster_home)}
+    # Dagster's own selection parser warns that its `include_sources` is in beta.
+    quiet = "ignore:Parameter `include_sources`"
+    env["PYTHONWARNINGS"] = ",".join(filter(None, [env.get("PYTHONWARNINGS"), quiet]))
     settings.dagster_home.mkdir(parents=True, exist_ok=True)
     command = [
         sys.executable,
