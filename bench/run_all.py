@@ -40,7 +40,15 @@ from usage import machine, measure_idle, run_measured
 
 BENCH = Path(__file__).resolve().parent
 RESULTS = BENCH / "results"
-BENCHMARKS = ("online_store", "feature_read", "streaming", "retrain", "serving", "quality")
+BENCHMARKS = (
+    "online_store",
+    "feature_read",
+    "streaming",
+    "retrain",
+    "serving",
+    "quality",
+    "readout",
+)
 """In run order; a script that does not exist (yet) is skipped."""
 STDERR_TAIL_LINES = 30
 
