@@ -10,8 +10,10 @@ the nominal level.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
+import dagster as dg
 import numpy as np
 import pandas as pd
 import pytest
@@ -20,9 +22,20 @@ from twotier.config import ClickHouseOfflineStoreConfig, Settings
 from twotier.experiment_stats import ratio_difference, two_proportions
 from twotier.experiments import Experiment, ExperimentGroup, ExperimentReadout
 from twotier.features.spec import ProjectFeatures
+from twotier.infra.service import Service
 from twotier.offline_store import open_offline_store
 from twotier.offline_store.base import OfflineStore
-from twotier.readout import DAY_MS, attribute, day_start_ms, readout
+from twotier.pipelines.assets.experiments.experiment_readout import (
+    HARM_CHECK,
+    SAMPLE_CHECK,
+    make_experiment_readout,
+)
+from twotier.pipelines.assets.experiments.recommendation_outcomes import (
+    make_recommendation_outcomes,
+)
+from twotier.pipelines.assets.partitions import daily_partitions
+from twotier.pipelines.resources import make_resources
+from twotier.readout import DAY_MS, READOUT_TABLE, attribute, day_key, day_start_ms, readout
 
 PROJECT = "readout_it"
 DAY = "2026-12-01"
@@ -40,7 +53,14 @@ EXPERIMENT = Experiment(
 )
 
 
-def _rec(request: str, user: str, item: str, ts: int, group: str = "control") -> dict[str, Any]:
+def _rec(
+    request: str,
+    user: str,
+    item: str,
+    ts: int,
+    group: str = "control",
+    experiment: str = EXPERIMENT.name,
+) -> dict[str, Any]:
     return {
         "project": PROJECT,
         "event_id": f"rec-{request}-{item}",
@@ -52,7 +72,7 @@ def _rec(request: str, user: str, item: str, ts: int, group: str = "control") ->
         "context": {
             "request_id": request,
             "rank": "0",
-            "experiment": EXPERIMENT.name,
+            "experiment": experiment,
             "group": group,
             "shuffle": "1",
         },
@@ -164,17 +184,25 @@ def test_attribution_of_a_day_is_incomplete_before_the_window_closes(
     assert result[DAY]["hits"] == 1
 
 
-def _simulated_events(users: int, p_control: float, p_treatment: float, seed: int) -> pd.DataFrame:
+def _simulated_events(
+    users: int,
+    p_control: float,
+    p_treatment: float,
+    seed: int,
+    day: int = D,
+    experiment: str = EXPERIMENT.name,
+) -> pd.DataFrame:
     """Recommendations of 3 items to each user and a view with the group's probability."""
     rng = np.random.default_rng(seed)
     rows = []
     for u in range(users):
         group = "treatment" if u % 2 else "control"
         p = p_treatment if u % 2 else p_control
-        ts = D + 10_000 + u * 1000
+        ts = day + 10_000 + u * 1000
+        request = f"{experiment}-{day}-{u}"
         for k in range(3):
             item = f"i{k}"
-            rows.append(_rec(f"q{u}", f"u{u}", item, ts, group))
+            rows.append(_rec(request, f"u{u}", item, ts, group, experiment))
             if rng.random() < p:
                 rows.append(_event(f"u{u}", item, ts + 60_000))
     return pd.DataFrame(rows)
@@ -231,3 +259,81 @@ def test_aa_simulations_are_significant_near_the_nominal_rate() -> None:
         ).significant(0.05)
     assert 0.01 < ratio_hits / runs < 0.09
     assert 0.01 < user_hits / runs < 0.09
+
+
+DG_PROJECT = "readout_dg"
+SMALL = EXPERIMENT.model_copy(update={"name": "small", "salt": "small-test"})
+DAYS = [DAY, day_key(D + DAY_MS)]
+
+
+def test_dagster_assets_store_days_plot_and_warn_on_harm_and_small_samples(
+    settings: Settings,
+    mlflow_server: Service,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    root = tmp_path_factory.mktemp("readout-dagster")
+    features = settings.project_features("movielens").model_copy(
+        update={"experiments": (EXPERIMENT, SMALL)}
+    )
+    local = settings.model_copy(
+        update={
+            "offline_store": ClickHouseOfflineStoreConfig(dsn=f"chdb://{root / 'offline'}"),
+            "projects": {**settings.projects, DG_PROJECT: features},
+        }
+    )
+    # "ab": treatment much worse than control on both days; "small": 10 users a day.
+    frames = [
+        _simulated_events(1600, 0.12, 0.04, seed=k, day=day_start_ms(day))
+        for k, day in enumerate(DAYS)
+    ] + [
+        _simulated_events(10, 0.1, 0.1, seed=10 + k, day=day_start_ms(day), experiment="small")
+        for k, day in enumerate(DAYS)
+    ]
+    events = pd.concat(frames, ignore_index=True).assign(project=DG_PROJECT)
+    with open_offline_store(local) as store:
+        store.ensure_tables(DG_PROJECT)
+        store.insert_events(DG_PROJECT, events)
+    days = daily_partitions("2026-11-01")
+    outcomes = make_recommendation_outcomes(DG_PROJECT, features, days)
+    readout_asset = make_experiment_readout(DG_PROJECT, features, days)
+    plots = root / "plots"
+    run_config = {"ops": {readout_asset.op.name: {"config": {"plot_dir": str(plots)}}}}
+    for day in DAYS:
+        result = dg.materialize(
+            [outcomes, readout_asset],
+            resources=make_resources(local),
+            partition_key=day,
+            run_config=run_config,
+        )
+        assert result.success
+        checks = {e.check_name: e for e in result.get_asset_check_evaluations()}
+        harm, sample = checks[HARM_CHECK], checks[SAMPLE_CHECK]
+        assert not harm.passed and harm.severity == dg.AssetCheckSeverity.WARN
+        assert "ab/treatment" in str(harm.description)
+        assert not sample.passed and sample.severity == dg.AssetCheckSeverity.WARN
+        assert "small/control" in str(sample.description)
+        assert "ab/" not in str(sample.description)
+        (event,) = [
+            e for e in result.get_asset_materialization_events() if e.asset_key == readout_asset.key
+        ]
+        meta = event.step_materialization_data.materialization.metadata
+        assert "ab_mlflow_run" in meta, "the readout was not logged to MLflow"
+        assert Path(str(meta["ab_plot_path"].value)).stat().st_size > 0
+    assert (plots / "ab-shuffle1.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    with open_offline_store(local) as store:
+        table = store.table(DG_PROJECT, READOUT_TABLE)
+        stored = store.query_df(
+            f"SELECT partition, scope, `group`, users, difference FROM {table} FINAL "
+            "WHERE experiment = 'ab' AND metric = 'hit_rate' ORDER BY partition, scope, `group`"
+        )
+    assert sorted(set(stored["partition"])) == DAYS
+    per_day = stored[stored["scope"] == "day"].set_index(["partition", "group"])
+    for day in DAYS:
+        assert per_day.loc[(day, "control"), "users"] == 800
+        assert per_day.loc[(day, "treatment"), "difference"] < -0.05
+    cumulative = stored[stored["scope"] == "cumulative"].set_index(["partition", "group"])
+    assert cumulative.loc[(DAYS[0], "control"), "users"] == 800
+    # Users come back on the second day: the cumulative readout counts them once.
+    assert cumulative.loc[(DAYS[1], "control"), "users"] == 800
+    assert len(stored) == 2 * 2 * 2  # days x scopes x groups
