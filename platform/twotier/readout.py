@@ -199,8 +199,9 @@ def attribute(
     return out
 
 
-# Recommendations that could claim an event of the day's window reach back one window
-# (a later recommendation of the same item takes the credit from an earlier one).
+# Recommendations that could claim an event of the day's window reach back one window,
+# and forward one window past the day: a later recommendation of the same item takes the
+# credit from an earlier one, even when it was served the next day.
 _ATTRIBUTION_SQL = """
 INSERT INTO {table}
 WITH
@@ -216,7 +217,7 @@ recs AS (
            context['tier2_model'] AS tier2_model
     FROM {events} FINAL
     WHERE action = 'recommendation'
-      AND ts >= {{lo:Int64}} - {{window:Int64}} AND ts < {{hi:Int64}}
+      AND ts >= {{lo:Int64}} - {{window:Int64}} AND ts < {{hi:Int64}} + {{window:Int64}}
 ),
 outcome_events AS (
     SELECT user_id, item_id, ts, action

@@ -184,6 +184,29 @@ def test_attribution_of_a_day_is_incomplete_before_the_window_closes(
     assert result[DAY]["hits"] == 1
 
 
+def test_last_touch_holds_across_the_day_boundary(
+    store: OfflineStore, features: ProjectFeatures
+) -> None:
+    # Recommended just before midnight and again just after, viewed after both: only the
+    # second (next day's) recommendation is a hit, whichever day is attributed first.
+    next_day = day_key(D + DAY_MS)
+    end = D + DAY_MS
+    store.insert_events(
+        PROJECT,
+        pd.DataFrame(
+            [
+                _rec("late", "u9", "z", end - 1000),
+                _rec("early", "u9", "z", end + 500),
+                _event("u9", "z", end + 1000),
+            ]
+        ),
+    )
+    counted = attribute(store, PROJECT, features, [DAY, next_day], now_ms=end + 2 * DAY_MS)
+    assert counted[DAY]["hits"] == 0
+    assert counted[next_day]["hits"] == 1
+    assert _outcomes(store)["hit"].astype(int).to_dict() == {"rec-early-z": 1, "rec-late-z": 0}
+
+
 def _simulated_events(
     users: int,
     p_control: float,
