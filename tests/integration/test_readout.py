@@ -35,7 +35,15 @@ from twotier.pipelines.assets.experiments.recommendation_outcomes import (
 )
 from twotier.pipelines.assets.partitions import daily_partitions
 from twotier.pipelines.resources import make_resources
-from twotier.readout import DAY_MS, READOUT_TABLE, attribute, day_key, day_start_ms, readout
+from twotier.readout import (
+    DAY_MS,
+    OUTCOMES_TABLE,
+    READOUT_TABLE,
+    attribute,
+    day_key,
+    day_start_ms,
+    readout,
+)
 
 PROJECT = "readout_it"
 DAY = "2026-12-01"
@@ -321,7 +329,7 @@ def test_dagster_assets_store_days_plot_and_warn_on_harm_and_small_samples(
     readout_asset = make_experiment_readout(DG_PROJECT, features, days)
     plots = root / "plots"
     run_config = {"ops": {readout_asset.op.name: {"config": {"plot_dir": str(plots)}}}}
-    for day in DAYS:
+    for day in [*DAYS, DAYS[0]]:  # the last run re-materialises the first day
         result = dg.materialize(
             [outcomes, readout_asset],
             resources=make_resources(local),
@@ -345,6 +353,11 @@ def test_dagster_assets_store_days_plot_and_warn_on_harm_and_small_samples(
     assert (plots / "ab-shuffle1.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     with open_offline_store(local) as store:
+        outcomes_table = store.table(DG_PROJECT, OUTCOMES_TABLE)
+        outcome_rows = store.query_df(
+            f"SELECT partition, count() AS n FROM {outcomes_table}"
+            " GROUP BY partition ORDER BY partition"
+        )
         table = store.table(DG_PROJECT, READOUT_TABLE)
         stored = store.query_df(
             f"SELECT partition, scope, `group`, users, difference FROM {table} FINAL "
@@ -359,4 +372,6 @@ def test_dagster_assets_store_days_plot_and_warn_on_harm_and_small_samples(
     assert cumulative.loc[(DAYS[0], "control"), "users"] == 800
     # Users come back on the second day: the cumulative readout counts them once.
     assert cumulative.loc[(DAYS[1], "control"), "users"] == 800
-    assert len(stored) == 2 * 2 * 2  # days x scopes x groups
+    assert len(stored) == 2 * 2 * 2  # days x scopes x groups, none added by the re-run
+    # Each day's outcomes: 1600 users of "ab" and 10 of "small", 3 items each, once.
+    assert outcome_rows.set_index("partition")["n"].to_dict() == {d: 1610 * 3 for d in DAYS}
