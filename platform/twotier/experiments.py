@@ -179,39 +179,45 @@ def ensure_history(store: OfflineStore, project: str) -> None:
 
 
 def record_shuffle(
-    store: OfflineStore, project: str, experiment: Experiment, started_ts: int
+    store: OfflineStore,
+    project: str,
+    experiment: Experiment,
+    started_ts: int,
+    shuffle: int | None = None,
 ) -> bool:
-    """Record that ``experiment.shuffle`` started at ``started_ts`` (ms); idempotent.
+    """Record that generation ``shuffle`` (default ``experiment.shuffle``) started at
+    ``started_ts`` (ms); idempotent.
+
+    A generation older than a recorded one is not recorded: the recorded history wins
+    (``twotier experiments shuffle`` moves past the configured ``shuffle``).
 
     Returns:
         True if the generation was new, False if it was already recorded (the first
-        recorded start time is kept).
-
-    Raises:
-        ValueError: A later generation is already recorded as starting before this one.
+        recorded start time is kept) or a later generation is recorded.
     """
+    generation = experiment.shuffle if shuffle is None else shuffle
     ensure_history(store, project)
     history = shuffle_history(store, project, experiment.name)
-    if experiment.shuffle in set(history["shuffle"].tolist()):
+    if not history.empty and generation <= int(history["shuffle"].max()):
         return False
-    earlier = history[history["shuffle"] > experiment.shuffle]
-    if not earlier.empty:
-        raise ValueError(
-            f"experiment {experiment.name!r}: generation {experiment.shuffle} is older than "
-            f"recorded generation(s) {sorted(earlier['shuffle'].tolist())}; raise `shuffle`"
-        )
     groups = json.dumps([g.model_dump() for g in experiment.groups])
     store.command(
         f"INSERT INTO {_table(store, project)} VALUES (%(e)s, %(s)s, %(t)s, %(salt)s, %(g)s)",
         {
             "e": experiment.name,
-            "s": experiment.shuffle,
+            "s": generation,
             "t": started_ts,
             "salt": experiment.salt,
             "g": groups,
         },
     )
     return True
+
+
+def generation_in_force(history: pd.DataFrame, experiment: Experiment) -> int:
+    """The generation serving assigns with: the configured one or a later recorded one."""
+    recorded = int(history["shuffle"].max()) if not history.empty else 0
+    return max(experiment.shuffle, recorded)
 
 
 def shuffle_history(store: OfflineStore, project: str, experiment: str) -> pd.DataFrame:
@@ -261,6 +267,7 @@ __all__ = [
     "ExperimentReadout",
     "assign",
     "assign_many",
+    "generation_in_force",
     "groups_at",
     "record_shuffle",
     "shuffle_history",

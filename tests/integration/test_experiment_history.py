@@ -59,8 +59,10 @@ def test_reshuffle_is_recorded_and_history_answers_for_both_generations(
     assert before != after  # the reshuffle moved users
 
 
-def test_an_older_generation_after_a_newer_one_is_refused(store: OfflineStore) -> None:
+def test_an_older_configured_generation_leaves_the_recorded_history(store: OfflineStore) -> None:
     other = EXP.model_copy(update={"name": "other", "shuffle": 3})
     assert record_shuffle(store, PROJECT, other, started_ts=100)
-    with pytest.raises(ValueError, match="raise `shuffle`"):
-        record_shuffle(store, PROJECT, other.model_copy(update={"shuffle": 2}), started_ts=200)
+    assert not record_shuffle(store, PROJECT, other.model_copy(update={"shuffle": 2}), 200)
+    assert shuffle_history(store, PROJECT, "other").to_dict("records") == [
+        {"shuffle": 3, "started_ts": 100}
+    ]

@@ -10,11 +10,14 @@ from typing import Any
 
 from twotier.closing import Closing
 from twotier.errors import TwotierError
+from twotier.naming import online_collection
 
 # FerretDB v1 (and portable MongoDB documents) forbid dots in field names and a
 # leading "$"; the leading "_" is reserved for the store's own bookkeeping fields.
 _FIELD = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,63}$")
 _BATCH_KEY = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+EXPERIMENTS_COLLECTION = "_experiments"
+"""Per project, one document per experiment: ``{_id: <experiment>, shuffle, started_ts}``."""
 
 
 class OnlineStoreError(TwotierError):
@@ -307,3 +310,36 @@ class OnlineStore(ABC, Closing):
         Raises:
             OnlineStoreError: The server refused.
         """
+
+    # -- experiment generations ----------------------------------------------
+
+    def put_experiment_generation(
+        self, project: str, experiment: str, shuffle: int, started_ts: int
+    ) -> None:
+        """Record that ``experiment`` of ``project`` now assigns with generation ``shuffle``.
+
+        Serving reads it (``experiment_generation``) to switch cohorts without a restart.
+
+        Args:
+            project: The project.
+            experiment: The experiment name.
+            shuffle: The generation in force from ``started_ts`` on.
+            started_ts: When it started (ms).
+
+        Raises:
+            OnlineStoreError: The server refused.
+        """
+        self.put_document(
+            online_collection(project, EXPERIMENTS_COLLECTION),
+            experiment,
+            {"shuffle": int(shuffle), "started_ts": int(started_ts)},
+        )
+
+    def experiment_generation(self, project: str, experiment: str) -> int | None:
+        """The generation recorded by ``put_experiment_generation``; None if never recorded.
+
+        Raises:
+            OnlineStoreError: The server refused.
+        """
+        doc = self.get_document(online_collection(project, EXPERIMENTS_COLLECTION), experiment)
+        return None if doc is None else int(doc["shuffle"])
