@@ -58,6 +58,7 @@ from twotier.serve_apps.recommendation_log import (
 from twotier.serve_apps.routing import (
     CHAMPION,
     TIER_ONE_MODEL,
+    Generations,
     Route,
     RouteNotFound,
     check_model,
@@ -238,6 +239,17 @@ async def _observe(request: Request, call_next: Any) -> Response:
     return response
 
 
+def _generation_store(settings: Settings) -> Any:
+    """The online store the ingress reads shuffle generations from (short timeouts)."""
+    if settings.online_store.type != "mongodb":
+        return None
+    from twotier.online_store.mongodb import MongoDBOnlineStore
+
+    return MongoDBOnlineStore.from_settings(
+        settings, serverSelectionTimeoutMS=500, connectTimeoutMS=500, socketTimeoutMS=1000
+    )
+
+
 @serve.deployment(
     num_replicas=1,
     max_ongoing_requests=64,
@@ -263,6 +275,9 @@ class Ingress:
         self.replica = replica_name()
         self.aliases: dict[tuple[str, str], ModelVersionRef] = {}
         self.generation = 0
+        self.generations = Generations(
+            _generation_store(self.settings), self.serving.experiment_generation_ttl_s
+        )
         self.log = RecommendationLog(self.settings) if log_recommendations else None
         self.metrics = replica_metrics()
         self._metrics_url = _node_metrics_url()
@@ -575,10 +590,17 @@ class Ingress:
                 f"{what}: {count} is more than serving.max_candidates={cap}; send at most {cap}",
             )
 
-    @staticmethod
-    def _route(project: str, features: ProjectFeatures, user_id: str, body: Any) -> Route:
+    def _route(self, project: str, features: ProjectFeatures, user_id: str, body: Any) -> Route:
         try:
-            return route(project, features, user_id, body.experiment, body.group, body.alias)
+            return route(
+                project,
+                features,
+                user_id,
+                body.experiment,
+                body.group,
+                body.alias,
+                generations=self.generations,
+            )
         except RouteNotFound as exc:
             raise HTTPException(404, str(exc)) from exc
 
@@ -667,6 +689,7 @@ class Ingress:
             "request_id": request_id,
             "experiment": chosen.experiment or "",
             "group": chosen.group or "",
+            "shuffle": str(chosen.shuffle),
             "tier1_model": f"{tier_one.name}/{tier_one.version}",
             "tier2_model": f"{tier_two.name}/{tier_two.version}",
         }

@@ -3,14 +3,27 @@
 The group comes from ``twotier.experiments.assign`` (the function training uses too), so
 the cohort a user was trained in is the cohort it is served in. Debug overrides in the
 request may name another experiment, force a group, or force an alias.
+
+The generation assigned with is the configured ``shuffle`` or, after ``twotier experiments
+shuffle``, the later one it wrote to the online store (``Generations``, cached briefly), so
+serving switches cohorts without a restart.
 """
 
 from __future__ import annotations
 
+import logging
+import threading
+import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from twotier.experiments import Experiment, assign
 from twotier.features.spec import ProjectFeatures
+
+if TYPE_CHECKING:
+    from twotier.online_store import OnlineStore
+
+logger = logging.getLogger(__name__)
 
 CHAMPION = "champion"
 TIER_ONE_MODEL = "candidates"
@@ -29,12 +42,47 @@ class Route:
         group: The user's group (assigned or forced), or None.
         alias: The alias to serve (the group's, an override, or ``champion``).
         explicit_alias: The alias was forced in the request: no fallback to champion.
+        shuffle: The generation the group was assigned under (0 without an experiment).
     """
 
     experiment: str | None
     group: str | None
     alias: str
     explicit_alias: bool = False
+    shuffle: int = 0
+
+
+class Generations:
+    """The generation in force per experiment, read from the online store at most every
+    ``ttl_s`` seconds; the configured ``shuffle`` when the store has none (or a lower one)
+    or cannot be read.
+    """
+
+    def __init__(self, store: OnlineStore | None, ttl_s: float = 1.0) -> None:
+        self.store = store
+        self.ttl_s = ttl_s
+        self._cache: dict[tuple[str, str], tuple[float, int | None]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, project: str, experiment: Experiment) -> int:
+        """The generation ``experiment`` of ``project`` assigns with now."""
+        if self.store is None:
+            return experiment.shuffle
+        key = (project, experiment.name)
+        now = time.monotonic()
+        with self._lock:
+            cached = self._cache.get(key)
+        if cached is not None and now - cached[0] < self.ttl_s:
+            recorded = cached[1]
+        else:
+            try:
+                recorded = self.store.experiment_generation(project, experiment.name)
+            except Exception as exc:  # a dead store must not fail requests: keep the last
+                logger.warning("experiment %s/%s: generation unreadable (%s)", *key, exc)
+                recorded = cached[1] if cached is not None else None
+            with self._lock:
+                self._cache[key] = (now, recorded)
+        return max(experiment.shuffle, recorded or 0)
 
 
 def route(
@@ -44,6 +92,7 @@ def route(
     experiment: str | None = None,
     group: str | None = None,
     alias: str | None = None,
+    generations: Generations | None = None,
 ) -> Route:
     """The route of one request.
 
@@ -54,6 +103,7 @@ def route(
         experiment: Override: the experiment to assign in (default: the project's first).
         group: Override: the group to serve, skipping the assignment.
         alias: Override: the alias to serve both tiers, skipping the group's.
+        generations: Where the generation in force is read (default: the configured one).
 
     Raises:
         RouteNotFound: The experiment or group does not exist.
@@ -75,15 +125,16 @@ def route(
                 "declare one under projects.<name>.experiments"
             )
         return Route(None, None, alias or CHAMPION, alias is not None)
+    shuffle = generations.get(project, chosen) if generations else chosen.shuffle
     if group is None:
-        group = assign(project, chosen, user_id)
+        group = assign(project, chosen, user_id, shuffle)
     elif group not in {g.name for g in chosen.groups}:
         raise RouteNotFound(
             f"experiment {chosen.name!r} of project {project!r} has no group {group!r} "
             f"(groups: {[g.name for g in chosen.groups]})"
         )
     served = alias or chosen.group(group).alias
-    return Route(chosen.name, group, served, alias is not None)
+    return Route(chosen.name, group, served, alias is not None, shuffle)
 
 
 def tier_two_model(project: str, features: ProjectFeatures, model: str | None) -> str:

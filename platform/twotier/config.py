@@ -213,6 +213,9 @@ class ServingConfig(_Section):
     feature_cache_ttl_s: float = Field(2.0, ge=0, le=60)
     """Staleness bound of the item documents a replica caches per entity (0 turns the
     cache off); users' own documents are read fresh on every request."""
+    experiment_generation_ttl_s: float = Field(1.0, ge=0, le=60)
+    """How long a replica keeps an experiment's shuffle generation read from the online
+    store; after ``twotier experiments shuffle`` new requests get new cohorts within it."""
     alias_poll_s: float = Field(5.0, gt=0)
     """How often aliases are re-read from the registry (moves made in the MLflow UI)."""
     model_memory_budget_bytes: int = Field(2 * 1024**3, ge=1)
