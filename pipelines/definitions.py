@@ -7,7 +7,8 @@ Per project in ``settings.projects`` (``<p>`` below):
   online feature job) and ``<p>_compact_offline_store``;
 - schedule ``<p>_retrain_schedule`` on ``pipelines.retrain_cron``;
 - with experiments: job ``<p>_readout`` (the daily experiment assets) and its schedule
-  ``<p>_readout_schedule`` on ``pipelines.readout_cron``;
+  ``<p>_readout_schedule`` on ``pipelines.readout_cron``, and job
+  ``<p>_experiment_shuffle`` (a new assignment generation of a concluded experiment);
 - sensors ``<p>_new_data_sensor`` and ``<p>_streaming_watchdog``.
 
 Resources are chosen by deployment through settings, not by a second code path: the
@@ -34,6 +35,7 @@ from twotier.pipelines.jobs import (
     make_deploy_streaming_job,
     make_retrain_job,
 )
+from twotier.pipelines.jobs.experiment_shuffle import make_experiment_shuffle_job
 from twotier.pipelines.jobs.readout import make_readout_job
 from twotier.pipelines.resources import make_resources
 from twotier.pipelines.schedules import make_readout_schedule, make_retrain_schedule
@@ -75,6 +77,8 @@ def make_definitions(settings: Settings, projects: Sequence[str] | None = None) 
         if settings.project_features(project).experiments:
             readout_job = make_readout_job(project)
             jobs.append(readout_job)
+            experiments = list(settings.project_features(project).experiments)
+            jobs.append(make_experiment_shuffle_job(project, experiments))
             schedules.append(make_readout_schedule(project, readout_job, settings))
         sensors += [
             make_new_data_sensor(

@@ -168,6 +168,38 @@ def _no_nan(row: dict[str, Any]) -> dict[str, Any]:
     return {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in row.items()}
 
 
+@experiments_app.command("shuffle")
+def shuffle_command(
+    experiment: Annotated[str, typer.Argument(help="The experiment to reshuffle.")],
+    project: ProjectOption = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Shuffle even if the readout has not concluded.")
+    ] = False,
+) -> None:
+    """Start a new assignment generation of a concluded experiment (new cohorts).
+
+    Past training rows keep the generation that held at their time; serving assigns new
+    requests with the new one within serving.experiment_generation_ttl_s.
+    """
+    from twotier.readout import ReadoutError
+    from twotier.shuffles import ShuffleRefused, shuffle_experiment
+
+    settings = state.settings()
+    project = project_of(settings, project)
+    try:
+        done = shuffle_experiment(settings, project, experiment, force=force)
+    except ReadoutError as exc:
+        raise fail(str(exc), code=2) from None
+    except ShuffleRefused as exc:
+        raise fail(str(exc)) from None
+    except Exception as exc:  # the stores' own errors, or a lock held too long
+        raise fail(f"cannot shuffle {experiment!r}: {exc}") from None
+    typer.echo(
+        f"{done.experiment}: shuffle {done.previous} -> {done.shuffle} from {done.started_ts} "
+        f"({done.reason})"
+    )
+
+
 def register(app: typer.Typer) -> None:
     """Add ``experiments`` (and its subcommands) to the ``twotier`` app."""
     app.add_typer(experiments_app, name="experiments")

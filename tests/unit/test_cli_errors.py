@@ -62,6 +62,18 @@ def _one_error_line(stderr: str) -> str:
             "TWOTIER_SERVING__DEFAULT_K (serving): default_k (5000) is more than max_candidates",
         ),
         (["config"], {"TWOTIER_STACK__SERVICES": "kafka,nope"}, 2, "TWOTIER_STACK__SERVICES"),
+        (
+            ["experiments", "shuffle", "nope", "-p", "movielens"],
+            {},
+            2,
+            "project 'movielens' has no experiment 'nope' (declared: ['ranker_ab'])",
+        ),
+        (
+            ["experiments", "shuffle", "ranker_ab", "-p", "memes"],
+            {},
+            2,
+            "'memes' runs no experiment",
+        ),
     ],
 )
 def test_bad_input_is_one_line_and_an_exit_code(

@@ -115,6 +115,15 @@ def test_every_declared_project_gets_jobs_schedule_and_sensors() -> None:
         assert sensors[f"{p}_streaming_watchdog"].job_name == f"{p}_deploy_streaming"
 
 
+def test_projects_with_experiments_get_a_shuffle_job() -> None:
+    settings = load_settings(path=None)
+    jobs, _, _ = _names(make_definitions(settings))
+    with_experiments = {p for p in settings.projects if settings.project_features(p).experiments}
+    assert with_experiments  # the built-in projects declare one
+    for p in settings.projects:
+        assert (f"{p}_experiment_shuffle" in jobs) == (p in with_experiments)
+
+
 def test_retrain_job_selects_exactly_the_project_prefix() -> None:
     settings = load_settings(path=None)
     defs = make_definitions(settings)
