@@ -7,6 +7,7 @@ rates, the difference against control with a 95% interval and a p-value);
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import math
 import time
@@ -194,9 +195,11 @@ def shuffle_command(
         raise fail(str(exc)) from None
     except Exception as exc:  # the stores' own errors, or a lock held too long
         raise fail(f"cannot shuffle {experiment!r}: {exc}") from None
+    started = dt.datetime.fromtimestamp(done.started_ts / 1000, dt.UTC)
     typer.echo(
-        f"{done.experiment}: shuffle {done.previous} -> {done.shuffle} from {done.started_ts} "
-        f"({done.reason})"
+        f"{done.experiment}: shuffle {done.previous} -> {done.shuffle} from "
+        f"{started:%Y-%m-%d %H:%M:%S} UTC ({done.reason}); serving switches within "
+        f"{state.settings().serving.experiment_generation_ttl_s:g} s"
     )
 
 

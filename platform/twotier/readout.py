@@ -592,7 +592,8 @@ class Conclusion:
 
 def decide(experiment: Experiment, result: Readout, now_ms: int) -> Conclusion:
     """The verdict on ``result`` (a cumulative readout of the current generation)."""
-    days = (now_ms - result.since_ms) / DAY_MS if result.since_ms else math.inf
+    # A generation that never served anything (no start) has not run at all.
+    days = (now_ms - result.since_ms) / DAY_MS if result.since_ms else 0.0
     significant = result.significant()
     if result.too_small:
         small = ", ".join(

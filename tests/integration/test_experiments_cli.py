@@ -17,8 +17,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from twotier.config import load_settings
+from twotier.config import Settings, load_settings
 from twotier.experiments import assign
+from twotier.infra.service import Service
 from twotier.offline_store import open_offline_store
 from twotier.readout import attribute, day_start_ms
 
@@ -128,3 +129,30 @@ def test_bad_experiment_or_metric_is_one_line_and_exit_2(data_dir: Path) -> None
         assert result.returncode == 2, result.stderr
         assert "Traceback" not in result.stderr
         assert needle in result.stderr
+
+
+def test_shuffle_refuses_a_running_experiment_then_forced_moves_on(
+    settings: Settings, online_server: Service, tmp_path: Path
+) -> None:
+    env = {**settings.to_env(), "TWOTIER_DATA_DIR": str(tmp_path)}
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("TWOTIER_")}
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "twotier.cli", "experiments", "shuffle", *args],
+            env={**clean, "COLUMNS": "80", **env},
+            capture_output=True,
+            text=True,
+            timeout=180,
+        )
+
+    refused = run("ranker_ab", "--project", PROJECT)  # nothing served: too few users
+    assert refused.returncode == 1, refused.stderr
+    assert "has not concluded" in refused.stderr and "--force" in refused.stderr
+    assert "Traceback" not in refused.stderr
+    forced = run("ranker_ab", "--project", PROJECT, "--force")
+    assert forced.returncode == 0, forced.stderr
+    assert "ranker_ab: shuffle 1 -> 2 from " in forced.stdout
+    assert "UTC (forced); serving switches within 1 s" in forced.stdout
+    again = run("ranker_ab", "--project", PROJECT, "--force")
+    assert "shuffle 2 -> 3" in again.stdout, again.stderr

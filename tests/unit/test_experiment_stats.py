@@ -60,3 +60,27 @@ def test_ratio_difference_of_identical_groups_is_zero_and_not_significant() -> N
     d = ratio_difference(num, den, num, den)
     assert d.difference == 0.0 and d.p_value == pytest.approx(1.0)
     assert d.low < 0 < d.high
+
+
+def test_an_experiment_that_never_served_has_not_concluded() -> None:
+    import pandas as pd
+
+    from twotier.experiments import Experiment, ExperimentGroup
+    from twotier.readout import DAY_MS, compare, decide
+
+    experiment = Experiment(
+        name="ab",
+        salt="s",
+        groups=[
+            ExperimentGroup(name="control", share=0.5, alias="champion"),
+            ExperimentGroup(name="treatment", share=0.5, alias="challenger"),
+        ],
+    )
+    nobody = pd.DataFrame(columns=["group", "user_id", "recs", "hits", "smiled"])
+    now = 100 * 365 * DAY_MS
+    never = decide(experiment, compare(experiment, nobody, 1, 0, now), now)
+    assert not never.concluded and "too few users" in never.reason
+    # The same empty readout after max_days of a real generation concludes on duration.
+    started = now - 15 * DAY_MS
+    old = decide(experiment, compare(experiment, nobody, 1, started, now), now)
+    assert old.concluded and "readout.max_days is 14" in old.reason
