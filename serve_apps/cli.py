@@ -93,7 +93,7 @@ def _served(answer: dict[str, Any]) -> str:
 
 def score(
     user: Annotated[
-        str | None, typer.Argument(help="A user: score --items for them with tier two.")
+        str | None, typer.Argument(metavar="USER", help="A user: score --items for them with tier two.")
     ] = None,
     items: Annotated[
         str | None, typer.Option("--items", "-i", help="Comma-separated item ids to rank.")
@@ -142,7 +142,7 @@ def score(
 
 
 def recommend(
-    user: Annotated[str, typer.Argument(help="The user to recommend for.")],
+    user: Annotated[str, typer.Argument(metavar="USER", help="The user to recommend for.")],
     project: ProjectOption = None,
     n: Annotated[int, typer.Option("-n", "--n", help="Items in the answer.")] = 10,
     alias: Annotated[

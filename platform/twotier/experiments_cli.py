@@ -171,7 +171,7 @@ def _no_nan(row: dict[str, Any]) -> dict[str, Any]:
 
 @experiments_app.command("shuffle")
 def shuffle_command(
-    experiment: Annotated[str, typer.Argument(help="The experiment to reshuffle.")],
+    experiment: Annotated[str, typer.Argument(metavar="EXPERIMENT", help="The experiment to reshuffle.")],
     project: ProjectOption = None,
     force: Annotated[
         bool, typer.Option("--force", help="Shuffle even if the readout has not concluded.")

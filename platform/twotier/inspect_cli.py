@@ -54,7 +54,7 @@ def projects_command(as_json: JsonOption = False) -> None:
 
 
 def features_command(
-    group: Annotated[str | None, typer.Argument(help="One group: its features.")] = None,
+    group: Annotated[str | None, typer.Argument(metavar="GROUP", help="One group: its features.")] = None,
     project: ProjectOption = None,
     as_json: JsonOption = False,
 ) -> None:
@@ -198,7 +198,7 @@ def models_command(project: ProjectOption = None, as_json: JsonOption = False) -
 
 
 def online_command(
-    user: Annotated[str, typer.Argument(help="The user whose online features to show.")],
+    user: Annotated[str, typer.Argument(metavar="USER", help="The user whose online features to show.")],
     project: ProjectOption = None,
     as_json: JsonOption = False,
 ) -> None:
