@@ -154,7 +154,10 @@ def install(only: OnlyOption = None) -> None:
 def logs(
     service: Annotated[
         str,
-        typer.Argument(metavar="SERVICE", help="kafka, online_store, secantusdb, ferretdb, mlflow, dagster or ray."),
+        typer.Argument(
+            metavar="SERVICE",
+            help="kafka, online_store, secantusdb, ferretdb, mlflow, dagster or ray.",
+        ),
     ],
     lines: Annotated[int, typer.Option("--lines", "-n", help="How many lines.")] = 50,
 ) -> None:

@@ -93,7 +93,8 @@ def _served(answer: dict[str, Any]) -> str:
 
 def score(
     user: Annotated[
-        str | None, typer.Argument(metavar="USER", help="A user: score --items for them with tier two.")
+        str | None,
+        typer.Argument(metavar="USER", help="A user: score --items for them with tier two."),
     ] = None,
     items: Annotated[
         str | None, typer.Option("--items", "-i", help="Comma-separated item ids to rank.")

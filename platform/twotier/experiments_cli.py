@@ -171,7 +171,9 @@ def _no_nan(row: dict[str, Any]) -> dict[str, Any]:
 
 @experiments_app.command("shuffle")
 def shuffle_command(
-    experiment: Annotated[str, typer.Argument(metavar="EXPERIMENT", help="The experiment to reshuffle.")],
+    experiment: Annotated[
+        str, typer.Argument(metavar="EXPERIMENT", help="The experiment to reshuffle.")
+    ],
     project: ProjectOption = None,
     force: Annotated[
         bool, typer.Option("--force", help="Shuffle even if the readout has not concluded.")
@@ -194,7 +196,10 @@ def shuffle_command(
     except ShuffleRefused as exc:
         raise fail(str(exc)) from None
     except Exception as exc:  # the stores' own errors, or a lock held too long
-        raise fail(f"cannot shuffle {experiment!r}: {exc}") from None
+        raise fail(
+            f"cannot shuffle {experiment!r}: {exc}; run it again when the stores answer "
+            "(a shuffle already recorded offline is finished, not repeated)"
+        ) from None
     started = dt.datetime.fromtimestamp(done.started_ts / 1000, dt.UTC)
     typer.echo(
         f"{done.experiment}: shuffle {done.previous} -> {done.shuffle} from "

@@ -54,7 +54,9 @@ def projects_command(as_json: JsonOption = False) -> None:
 
 
 def features_command(
-    group: Annotated[str | None, typer.Argument(metavar="GROUP", help="One group: its features.")] = None,
+    group: Annotated[
+        str | None, typer.Argument(metavar="GROUP", help="One group: its features.")
+    ] = None,
     project: ProjectOption = None,
     as_json: JsonOption = False,
 ) -> None:
@@ -198,7 +200,9 @@ def models_command(project: ProjectOption = None, as_json: JsonOption = False) -
 
 
 def online_command(
-    user: Annotated[str, typer.Argument(metavar="USER", help="The user whose online features to show.")],
+    user: Annotated[
+        str, typer.Argument(metavar="USER", help="The user whose online features to show.")
+    ],
     project: ProjectOption = None,
     as_json: JsonOption = False,
 ) -> None:

@@ -57,12 +57,31 @@ def shuffle_with_stores(
 ) -> ShuffleResult:
     """``shuffle_experiment`` on open stores (the Dagster job passes its resources').
 
+    Retry-safe: the offline history is written first, so when the online write failed a
+    second call finishes that generation (same number and start) instead of another.
+
     Raises:
         ShuffleRefused: The experiment has not concluded and ``force`` is False.
     """
     from twotier.readout import conclusion
 
     now = time.time_ns() // 1_000_000 if now_ms is None else now_ms
+    history = shuffle_history(offline, project, experiment.name)
+    previous = generation_in_force(history, experiment)
+    told = online.experiment_generation(project, experiment.name)
+    if previous > max(experiment.shuffle, told or 0):
+        # An earlier shuffle recorded its generation offline, then the online write
+        # failed: finish that one instead of starting another.
+        started = int(history.loc[history["shuffle"] == previous, "started_ts"].min())
+        online.put_experiment_generation(project, experiment.name, previous, started)
+        return ShuffleResult(
+            project,
+            experiment.name,
+            max(experiment.shuffle, told or 0),
+            previous,
+            started,
+            "finished an interrupted shuffle (recorded offline, not yet online)",
+        )
     if force:
         reason = "forced"
     else:
@@ -73,8 +92,6 @@ def shuffle_with_stores(
                 f"({verdict.reason}); wait for it, or pass --force to shuffle anyway"
             )
         reason = verdict.reason
-    history = shuffle_history(offline, project, experiment.name)
-    previous = generation_in_force(history, experiment)
     if history.empty:
         # the configured generation was never recorded: its cohorts held until now
         record_shuffle(offline, project, experiment, started_ts=0, shuffle=previous)

@@ -26,7 +26,7 @@ from twotier.infra.service import Service
 from twotier.naming import online_collection
 from twotier.offline_store import OfflineStore, open_offline_store
 from twotier.online_store import OnlineStore, connect
-from twotier.online_store.base import EXPERIMENTS_COLLECTION
+from twotier.online_store.base import EXPERIMENTS_COLLECTION, OnlineStoreError
 from twotier.pipelines.jobs.experiment_shuffle import make_experiment_shuffle_job
 from twotier.pipelines.resources import OfflineStoreResource, OnlineStoreResource
 from twotier.serve_apps.routing import Generations, route
@@ -149,3 +149,44 @@ def test_the_dagster_job_shuffles_through_its_resources(
         run_config={"ops": unknown}, resources=resources, raise_on_error=False
     )
     assert not failed.success
+
+
+def test_an_unreachable_online_store_records_nothing(
+    local: Settings, offline: OfflineStore
+) -> None:
+    from twotier.online_store.mongodb import MongoDBOnlineStore
+
+    experiment = _experiment(local, "unreachable_ab")
+    nowhere = local.model_copy(
+        update={
+            "online_store": local.online_store.model_copy(
+                update={"uri": "mongodb://127.0.0.1:9/?directConnection=true"}
+            )
+        }
+    )
+    dead = MongoDBOnlineStore.from_settings(nowhere, serverSelectionTimeoutMS=300)
+    with pytest.raises(OnlineStoreError, match="cannot read document 'unreachable_ab'"):
+        shuffle_with_stores(offline, dead, PROJECT, experiment, now_ms=NOW, force=True)
+    dead.close()
+    assert shuffle_history(offline, PROJECT, "unreachable_ab").empty
+
+
+def test_a_shuffle_interrupted_before_the_online_write_is_finished_not_repeated(
+    local: Settings, offline: OfflineStore, online: OnlineStore
+) -> None:
+    experiment = _experiment(local, "interrupted_ab")
+    # What a shuffle leaves when the online write fails: both generations offline only.
+    record_shuffle(offline, PROJECT, experiment, started_ts=0, shuffle=1)
+    record_shuffle(offline, PROJECT, experiment, started_ts=NOW, shuffle=2)
+    assert online.experiment_generation(PROJECT, "interrupted_ab") is None
+
+    # Not refused (generation 2 has just started), and not a generation 3.
+    done = shuffle_with_stores(offline, online, PROJECT, experiment, now_ms=NOW + DAY_MS)
+    assert (done.previous, done.shuffle, done.started_ts) == (1, 2, NOW)
+    assert "interrupted" in done.reason
+    assert online.experiment_generation(PROJECT, "interrupted_ab") == 2
+    assert shuffle_history(offline, PROJECT, "interrupted_ab")["shuffle"].tolist() == [1, 2]
+
+    # Once both stores agree, a next call is a new shuffle, judged on its readout again.
+    with pytest.raises(ShuffleRefused, match="has not concluded"):
+        shuffle_with_stores(offline, online, PROJECT, experiment, now_ms=NOW + DAY_MS)

@@ -39,6 +39,7 @@ from twotier.models.candidates import tier_one_candidates
 from twotier.models.tier_one import TierOneModel, TierOneSession, export_tier_one
 from twotier.models.tier_two import TierTwoModel, TierTwoSession
 from twotier.naming import model_name
+from twotier.online_store import connect
 from twotier.serve_apps.deploy import deploy, move_serving_alias, serve_url
 from twotier.serve_apps.feature_reader import seen_mask
 from twotier.serve_apps.testing import (
@@ -665,6 +666,39 @@ def test_tier_one_artifacts_use_external_data_and_serve(world: World, tmp_path: 
     assert data_files, f"expected external data beside the graph: {files}"
     assert onnx_file.stat().st_size < 4096  # the tensors live in the data file
     # ...and serving answered from it (test_first_and_second_tier_endpoints checks values).
+
+
+def _group_of(world: World, user: str) -> str:
+    body = _post(world, f"/v1/{MAIN}/recommend", {"user_id": user, "n": 3}).json()
+    return str(body["group"])
+
+
+def test_a_shuffle_switches_the_served_group_within_the_ttl(world: World) -> None:
+    """`twotier experiments shuffle` writes the generation; the deployed ingress follows it."""
+    ab = _ab()
+    user = next(
+        str(u) for u in range(1, 500) if assign(MAIN, ab, str(u), 1) != assign(MAIN, ab, str(u), 2)
+    )
+    old, new = assign(MAIN, ab, user, 1), assign(MAIN, ab, user, 2)
+    assert _group_of(world, user) == old
+    wait_s = world.settings.serving.experiment_generation_ttl_s + 10  # TTL, plus a busy machine
+
+    def served_after(generation: int, want: str) -> str:
+        with connect(world.settings) as store:
+            store.put_experiment_generation(
+                MAIN, "ab", generation, started_ts=int(time.time() * 1000)
+            )
+        deadline = time.monotonic() + wait_s
+        group = _group_of(world, user)
+        while group != want and time.monotonic() < deadline:
+            time.sleep(0.2)
+            group = _group_of(world, user)
+        return group
+
+    try:
+        assert served_after(2, new) == new
+    finally:  # later tests assign with the configured generation 1
+        assert served_after(1, old) == old
 
 
 # -- an online-store outage (last: it stops FerretDB and starts it again) -----------------
