@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
+import textwrap
 import time
 from typing import Annotated, Any
 
@@ -41,6 +43,33 @@ def run_config(
     if "loggers" not in config:
         config = {**config, "loggers": {"console": {"config": {"log_level": log_level}}}}
     return config
+
+
+DAGSTER_LINE = re.compile(
+    r"^\d{4}-\d\d-\d\d (?P<time>\d\d:\d\d:\d\d) [+-]\d{4} - dagster - (?P<level>[A-Z]+)"
+    r" - [^ ]+ - [0-9a-f]{8}(?:-[0-9a-f]{4}){3}-[0-9a-f]{12} - (?:(?P<step>[\w.]+) - )?"
+    r"(?P<message>.*)$"
+)
+"""Dagster's console line: date, time, zone, logger, level, job, run id, step, message."""
+
+
+def compact_log_line(line: str, width: int = 80) -> str:
+    """One of Dagster's console lines as ``HH:MM:SS step: message``, wrapped to ``width``
+    with a hanging indent; any other line as it is.
+
+    Dagster's own line repeats the date, zone, logger, job name and the whole run id on
+    every event (the step table after the run names the run), so at 80 columns the
+    message started on the second line.
+    """
+    match = DAGSTER_LINE.match(line.rstrip("\n"))
+    if match is None:
+        return line.rstrip("\n")
+    level = "" if match["level"] == "INFO" else f"{match['level']} "
+    step = f"{match['step']}: " if match["step"] else ""
+    text = f"{match['time']} {level}{step}{match['message']}"
+    return textwrap.fill(
+        text, width=max(width, 40), subsequent_indent=" " * 9, break_on_hyphens=False
+    )
 
 
 def selected_assets(selection: str) -> dict[str, bool]:
@@ -145,9 +174,14 @@ def materialize(
     except ValueError as exc:
         raise fail(str(exc)) from None
     env = {**os.environ, **settings.to_env(), "DAGSTER_HOME": str(settings.dagster_home)}
-    # Dagster's own selection parser warns that its `include_sources` is in beta.
-    quiet = "ignore:Parameter `include_sources`"
-    env["PYTHONWARNINGS"] = ",".join(filter(None, [env.get("PYTHONWARNINGS"), quiet]))
+    # Dagster's own notices about itself: its selection parser's `include_sources` and
+    # the sensors' `owners` are in beta, and `dagster asset materialize` is superseded.
+    quiet = [
+        "ignore:Parameter `include_sources`",
+        "ignore:Parameter `owners`",
+        "ignore:Function `asset_materialize_command` is superseded",
+    ]
+    env["PYTHONWARNINGS"] = ",".join(filter(None, [env.get("PYTHONWARNINGS"), *quiet]))
     settings.dagster_home.mkdir(parents=True, exist_ok=True)
     command = [
         sys.executable,
@@ -164,14 +198,21 @@ def materialize(
     if config:
         command += ["--config-json", json.dumps(config)]
     over = f" over partitions {partition_range}" if partition_range else ""
+    count = f"{len(matched)} asset{'' if len(matched) == 1 else 's'}"
     console.print(
-        f"materialising [bold]{escape(selection)}[/bold] ({len(matched)} assets){over} "
+        f"materialising [bold]{escape(selection)}[/bold] ({count}){over} "
         f"(DAGSTER_HOME={settings.dagster_home})"
     )
     console.print("[dim]Dagster loads the code location first (up to a minute), then logs "
                   "each step here[/dim]")  # fmt: skip
     started = time.time()
-    rc = subprocess.run(command, env=env, check=False).returncode
+    process = subprocess.Popen(
+        command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
+    )
+    assert process.stdout is not None
+    for line in process.stdout:
+        print(compact_log_line(line, console.width), file=sys.stderr, flush=True)
+    rc = process.wait()
     _print_steps(settings.dagster_home, started)
     if rc != 0:
         raise fail(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import dagster as dg
@@ -283,3 +284,26 @@ def test_default_range_is_months_or_days_and_never_both() -> None:
     assert first == "2026-11-01" and last >= "2026-12-01"
     with pytest.raises(ValueError, match="materialise them in separate runs"):
         default_range(["experiment_readout", "promotion"])
+
+
+def test_dagster_console_lines_are_compacted_to_time_step_and_message(
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    from twotier.pipelines.cli import compact_log_line, run_config
+
+    @dg.asset
+    def counted(context) -> int:  # unannotated: Dagster reads the hint
+        context.log.info("read 33580 events - all new, " + "and a long tail " * 6)
+        return 1
+
+    assert dg.materialize([counted], run_config=run_config(None, False)).success
+    logged = [line for line in capfd.readouterr().err.splitlines() if "read 33580" in line]
+    assert logged, "Dagster's console logger printed nothing at INFO"
+    compact = compact_log_line(logged[0], width=80).splitlines()
+    assert re.fullmatch(r"\d\d:\d\d:\d\d counted: read 33580 events - all new, .*", compact[0])
+    assert all(len(line) <= 80 for line in compact) and len(compact) > 1
+    assert all(line.startswith(" " * 9) for line in compact[1:])
+    # Anything else (MLflow's run links, tracebacks) passes through as it is.
+    assert compact_log_line("Traceback (most recent call last):\n") == (
+        "Traceback (most recent call last):"
+    )
