@@ -252,18 +252,30 @@ def _show_recommendations(
         )
 
 
-def _ab_side_by_side(settings: Settings, project: str, users: list[str]) -> None:
+def _ab_side_by_side(
+    settings: Settings, project: str, users: list[str], titles: dict[str, str]
+) -> None:
     experiment = settings.project_features(project).experiments[0]
     table = _titled(f"A/B experiment {experiment.name}: who gets which models")
-    table.add_column("user")
-    table.add_column("group")
-    table.add_column("models served")
-    table.add_column("top item", justify="right")
+    for column in ("user", "group", "tier one", "tier two", "top movie"):
+        table.add_column(column, justify="right" if column == "user" else "left")
     for user in users:
         answer = _recommend(settings, project, user)
+        served = {
+            ("tier one" if ".tier1." in m["name"] else "tier two"): f"v{m['version']}@{m['alias']}"
+            for m in answer["models"]
+        }
         top = answer["items"][0]["item_id"] if answer["items"] else "-"
-        table.add_row(user, str(answer.get("group")), _versions(answer), top)
+        table.add_row(
+            user,
+            str(answer.get("group")),
+            served.get("tier one", "-"),
+            served.get("tier two", "-"),
+            titles.get(top, top),
+        )
     console.print(table)
+    names = {m["name"] for m in answer["models"]} if users else set()
+    console.print(f"[dim]models: {', '.join(sorted(names))}[/dim]")
 
 
 def _move_champion(settings: Settings, project: str, version: str) -> dict[str, Any]:
@@ -384,7 +396,7 @@ def run(settings: Settings, project: str, dataset: Path, limit: int) -> None:
     }
     _twotier("materialize", "--project", project, "--config-json", json.dumps(challenger))
     more_users = _first_users(dataset, limit, 8)
-    _ab_side_by_side(settings, project, more_users)
+    _ab_side_by_side(settings, project, more_users, titles)
 
     _step(8, "Hot swap", "One HTTP request moves `champion` to the challenger's version.")
     _hot_swap(settings, project, users[0])

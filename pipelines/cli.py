@@ -201,7 +201,8 @@ def materialize(
     count = f"{len(matched)} asset{'' if len(matched) == 1 else 's'}"
     console.print(
         f"materialising [bold]{escape(selection)}[/bold] ({count}){over} "
-        f"(DAGSTER_HOME={settings.dagster_home})"
+        f"(DAGSTER_HOME={settings.dagster_home})",
+        soft_wrap=False,
     )
     console.print("[dim]Dagster loads the code location first (up to a minute), then logs "
                   "each step here[/dim]")  # fmt: skip
