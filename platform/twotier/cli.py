@@ -8,6 +8,7 @@ so the core never imports them.
 
 from __future__ import annotations
 
+import textwrap
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -76,14 +77,28 @@ def _root(config: ConfigOption = None) -> None:
     state.config_path = config
 
 
+def bullet_text(line: str, width: int = 80) -> str:
+    """``line`` wrapped to follow a ``  • `` bullet within ``width`` columns (hanging
+    indent; paths and other long words are not broken)."""
+    wrapped = textwrap.fill(
+        line,
+        width=max(width, 40),
+        initial_indent="    ",
+        subsequent_indent="    ",
+        break_long_words=False,
+        break_on_hyphens=False,
+    )
+    return wrapped[4:]
+
+
 @contextmanager
 def progress_lines(title: str) -> Iterator[Callable[[str], None]]:
     """A spinner with ``title`` while work runs; each progress line is printed above it."""
     with console.status(title, spinner="dots") as status:
 
         def show(line: str) -> None:
-            console.print(f"  [dim]•[/dim] {line}")
-            status.update(f"{title} — {line}")
+            console.print(f"  [dim]•[/dim] {escape(bullet_text(line, console.width))}")
+            status.update(f"{title} — {escape(line)}")
 
         yield show
 

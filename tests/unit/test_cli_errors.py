@@ -226,3 +226,19 @@ def test_only_deploy_calls_its_private_post() -> None:
         if path.name != "deploy.py" and "_post(" in path.read_text().replace("__post", "")
     ]
     assert offenders == []
+
+
+def test_progress_lines_wrap_under_their_bullet_at_80_columns() -> None:
+    from twotier.cli import bullet_text
+
+    line = (
+        "online job movielens: twotier.movielens.events → movielens__user_stats_v1, "
+        "movielens__item_stats_v1, movielens__user_item_v1 (checkpoint "
+        "/work/main/.twotier/checkpoints/movielens/online) [1 batch]"
+    )
+    lines = ("  • " + bullet_text(line, 80)).splitlines()
+    assert len(lines) > 1 and all(len(x) <= 80 for x in lines)
+    assert all(x.startswith("    ") and not x.startswith("     ") for x in lines[1:])
+    # nothing is lost, and a path is never broken
+    assert " ".join(x.strip() for x in lines).removeprefix("• ") == line
+    assert any(x.strip().startswith("/work/main/.twotier/checkpoints/") for x in lines)

@@ -125,7 +125,8 @@ def make_promotion(project: str, features: ProjectFeatures) -> dg.AssetsDefiniti
                     previous = None
                 set_alias(uri, model.name, alias, model.version)
                 moved[f"{model.name}@{alias}"] = {"version": model.version, "previous": previous}
-                context.log.info(f"{model.name}@{alias}: {previous} -> {model.version}")
+                was = f"v{previous}" if previous else "unset"
+                context.log.info(f"{model.name}@{alias}: {was} -> v{model.version}")
 
         deployment: dict[str, Any] = {}
         if not serving.deploy_after_promotion:

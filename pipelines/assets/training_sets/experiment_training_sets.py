@@ -8,6 +8,7 @@ reshuffle therefore moves only the rows after it.
 """
 
 # No `from __future__ import annotations`: Dagster reads the annotations.
+import datetime as dt
 import time
 
 import dagster as dg
@@ -26,6 +27,10 @@ from twotier.pipelines.assets.keys import (
 from twotier.pipelines.assets.partitions import SINGLE_RUN, windows_ms
 from twotier.pipelines.resources import OfflineStoreResource
 from twotier.pipelines.resources.offline_store import OFFLINE_STORE_POOL
+
+
+def _utc(ms: int) -> str:
+    return f"{dt.datetime.fromtimestamp(ms / 1000, dt.UTC):%Y-%m-%d %H:%M:%S} UTC"
 
 
 def make_experiment_training_sets(
@@ -59,7 +64,7 @@ def make_experiment_training_sets(
                 if record_shuffle(store, project, experiment, started_ts=now_ms):
                     context.log.info(
                         f"experiment {experiment.name}: shuffle {experiment.shuffle} recorded "
-                        f"as starting now ({now_ms})"
+                        f"as starting now ({_utc(now_ms)})"
                     )
             histories = {e.name: shuffle_history(store, project, e.name) for e in experiments}
             for model in models:
