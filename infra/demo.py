@@ -257,24 +257,22 @@ def _ab_side_by_side(
 ) -> None:
     experiment = settings.project_features(project).experiments[0]
     table = _titled(f"A/B experiment {experiment.name}: who gets which models")
-    for column in ("user", "group", "tier one", "tier two", "top movie"):
+    for column in ("user", "group", "tier one / two", "top movie"):
         table.add_column(column, justify="right" if column == "user" else "left")
+    names: set[str] = set()
     for user in users:
         answer = _recommend(settings, project, user)
-        served = {
-            ("tier one" if ".tier1." in m["name"] else "tier two"): f"v{m['version']}@{m['alias']}"
-            for m in answer["models"]
-        }
-        top = answer["items"][0]["item_id"] if answer["items"] else "-"
-        table.add_row(
-            user,
-            str(answer.get("group")),
-            served.get("tier one", "-"),
-            served.get("tier two", "-"),
-            titles.get(top, top),
+        models = sorted(answer["models"], key=lambda m: ".tier2." in m["name"])
+        names.update(m["name"] for m in models)
+        aliases = {m["alias"] for m in models}
+        served = (
+            " / ".join(f"v{m['version']}" for m in models) + f" @{aliases.pop()}"
+            if len(aliases) == 1
+            else " / ".join(f"v{m['version']}@{m['alias']}" for m in models)
         )
+        top = answer["items"][0]["item_id"] if answer["items"] else "-"
+        table.add_row(user, str(answer.get("group")), served, titles.get(top, top))
     console.print(table)
-    names = {m["name"] for m in answer["models"]} if users else set()
     console.print(f"[dim]models: {', '.join(sorted(names))}[/dim]")
 
 
