@@ -505,6 +505,10 @@ def _readout(settings: Settings, project: str, dataset: Path, limit: int) -> Non
         f"{today}...{today}",
     )
     _twotier("experiments", "--project", project)
+    console.print(
+        "[dim]The readout counts every randomised recommendation of the day: these 400 "
+        "users' and those of the steps before (forced groups are left out).[/dim]"
+    )
     plot = settings.data_dir / "readouts" / project / f"{experiment.name}-shuffle"
     plots = sorted(plot.parent.glob(f"{plot.name}*.png"), key=lambda p: p.stat().st_mtime)
     if plots:
