@@ -36,6 +36,7 @@ from typing import Any
 
 import numpy as np
 from pymongo import MongoClient
+from result_file import emit
 
 from twotier.config import MongoDBOnlineStoreConfig, Settings, load_settings
 from twotier.events import Event
@@ -354,11 +355,7 @@ def main() -> None:
     args = parser.parse_args()
     args.scenario = args.scenario or ["20000:30", "1000:200"]
     result = run(args)
-    text = json.dumps(result, indent=2)
-    print(text)
-    if not args.no_save:
-        RESULTS.parent.mkdir(parents=True, exist_ok=True)
-        RESULTS.write_text(text + "\n")
+    emit(result, RESULTS, save=not args.no_save)
 
 
 if __name__ == "__main__":

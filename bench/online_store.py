@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import platform
 import random
@@ -43,6 +42,7 @@ from typing import Any
 
 from pymongo import MongoClient
 from pymongo.errors import PyMongoError
+from result_file import emit
 
 from twotier.config import Settings, load_settings
 from twotier.infra.service import Service, pid_alive
@@ -284,10 +284,7 @@ def main() -> None:
             "note": "2 shared cores; read the ratios between servers, not absolute times",
         },
     }
-    text = json.dumps(result, indent=2)
-    print(text)
-    if not args.no_save:
-        RESULTS.write_text(text + "\n")
+    emit(result, RESULTS, save=not args.no_save)
 
 
 if __name__ == "__main__":

@@ -28,7 +28,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import resource
@@ -39,6 +38,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from result_file import emit
 
 from twotier.config import ClickHouseOfflineStoreConfig, load_settings
 from twotier.items import items_frame, movielens_items
@@ -326,10 +326,7 @@ def main() -> None:
     parser.add_argument("--no-save", action="store_true", help="print only")
     args = parser.parse_args()
     result = run(args)
-    text = json.dumps(result, indent=2)
-    print(text)
-    if not args.no_save:
-        RESULTS.write_text(text + "\n")
+    emit(result, RESULTS, save=not args.no_save)
 
 
 if __name__ == "__main__":

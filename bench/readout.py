@@ -48,6 +48,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from result_file import emit
 
 from twotier import readout as ro
 from twotier.config import ClickHouseOfflineStoreConfig, Settings, load_settings
@@ -476,11 +477,7 @@ def main() -> None:
     parser.add_argument("--no-save", action="store_true", help="print only")
     args = parser.parse_args()
     result = run(args)
-    text = json.dumps(result, indent=2)
-    print(text)
-    if not args.no_save:
-        RESULTS.parent.mkdir(parents=True, exist_ok=True)
-        RESULTS.write_text(text + "\n")
+    emit(result, RESULTS, save=not args.no_save)
 
 
 if __name__ == "__main__":

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import dagster as dg
+from result_file import emit
 
 from twotier.config import ClickHouseOfflineStoreConfig, Settings, load_settings
 from twotier.infra.stack import make_service
@@ -185,10 +186,8 @@ def main() -> None:
     parser.add_argument("--no-write", action="store_true", help="Print only.")
     args = parser.parse_args()
     result = run(args)
-    print(json.dumps(result, indent=2))
+    emit(result, RESULTS, save=not args.no_write)
     if not args.no_write:
-        RESULTS.parent.mkdir(parents=True, exist_ok=True)
-        RESULTS.write_text(json.dumps(result, indent=2) + "\n")
         print(f"wrote {RESULTS}")
 
 

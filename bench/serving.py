@@ -49,6 +49,7 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 import httpx
 import numpy as np
 import pandas as pd
+from result_file import emit
 
 from twotier.config import Settings, load_settings
 from twotier.events import Event
@@ -370,11 +371,7 @@ def main() -> None:
     if args.catalogue < CANDIDATES:
         parser.error(f"--catalogue must be at least {CANDIDATES} (the candidate count)")
     result = run(args)
-    text = json.dumps(result, indent=2)
-    print(text)
-    if not args.no_save:
-        RESULTS.parent.mkdir(parents=True, exist_ok=True)
-        RESULTS.write_text(text + "\n")
+    emit(result, RESULTS, save=not args.no_save)
 
 
 if __name__ == "__main__":

@@ -30,7 +30,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import shutil
@@ -42,6 +41,8 @@ import threading
 import time
 from pathlib import Path
 from typing import Any
+
+from result_file import emit
 
 from twotier.config import Settings, load_settings
 from twotier.events import Event
@@ -372,10 +373,7 @@ def main() -> None:
             "producer all run on this machine",
         },
     }
-    text = json.dumps(result, indent=2)
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(text + "\n")
-    print(text)
+    emit(result, RESULTS)
 
 
 if __name__ == "__main__":
