@@ -5,8 +5,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
+from offline_stores import with_offline_store
 
-from twotier.config import ClickHouseOfflineStoreConfig, Settings
+from twotier.config import Settings
 from twotier.experiments import (
     Experiment,
     ExperimentGroup,
@@ -31,9 +32,7 @@ EXP = Experiment(
 @pytest.fixture(scope="module")
 def store(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[OfflineStore]:
     data = tmp_path_factory.mktemp("experiments") / "offline"
-    local = settings.model_copy(
-        update={"offline_store": ClickHouseOfflineStoreConfig(dsn=f"chdb://{data}")}
-    )
+    local = with_offline_store(settings, data)
     with open_offline_store(local) as opened:
         yield opened
 

@@ -12,8 +12,9 @@ import time
 from collections.abc import Iterator
 
 import pytest
+from offline_stores import with_offline_store
 
-from twotier.config import ClickHouseOfflineStoreConfig, Settings
+from twotier.config import Settings
 from twotier.experiments import (
     Experiment,
     assign,
@@ -41,9 +42,7 @@ NOW = 1_800_000_000_000
 def local(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Settings:
     """The test stack's online server, with an offline store of this module's own."""
     data = tmp_path_factory.mktemp("shuffle") / "offline"
-    return settings.model_copy(
-        update={"offline_store": ClickHouseOfflineStoreConfig(dsn=f"chdb://{data}")}
-    )
+    return with_offline_store(settings, data)
 
 
 @pytest.fixture(scope="module")

@@ -14,8 +14,9 @@ import dagster as dg
 import numpy as np
 import pandas as pd
 import pytest
+from offline_stores import with_offline_store
 
-from twotier.config import ClickHouseOfflineStoreConfig, Settings
+from twotier.config import Settings
 from twotier.feature_log import FEATURES_KEY, FEATURES_TS_KEY, encode_features
 from twotier.feature_skew import SKEW_TABLE, read_skew
 from twotier.features.offline import historical_features, materialize_all_snapshots
@@ -37,12 +38,7 @@ MODEL = f"{PROJECT}.tier2.ranker/3"
 @pytest.fixture(scope="module")
 def skew_settings(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Settings:
     data = tmp_path_factory.mktemp("feature-skew") / "offline"
-    return settings.model_copy(
-        update={
-            "offline_store": ClickHouseOfflineStoreConfig(dsn=f"chdb://{data}"),
-            "projects": {**settings.projects, PROJECT: settings.project_features("movielens")},
-        }
-    )
+    return with_offline_store(settings, data, {PROJECT: settings.project_features("movielens")})
 
 
 def _logged_day(

@@ -9,9 +9,10 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from offline_stores import with_offline_store
 from onnx import numpy_helper
 
-from twotier.config import ClickHouseOfflineStoreConfig, Settings
+from twotier.config import Settings
 from twotier.features.offline import materialize_all_snapshots
 from twotier.models.candidates import candidate_rows_before, tier_one_candidates
 from twotier.models.data import read_interactions, temporal_cutoff
@@ -37,9 +38,7 @@ K = 100
 @pytest.fixture(scope="module")
 def local(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Settings:
     data = tmp_path_factory.mktemp("models-movielens") / "offline"
-    return settings.model_copy(
-        update={"offline_store": ClickHouseOfflineStoreConfig(dsn=f"chdb://{data}")}
-    )
+    return with_offline_store(settings, data)
 
 
 @pytest.fixture(scope="module")

@@ -18,8 +18,9 @@ import dagster as dg
 import pytest
 import uvicorn
 from fastapi import FastAPI, Header, HTTPException
+from offline_stores import with_offline_store
 
-from twotier.config import ClickHouseOfflineStoreConfig, Settings
+from twotier.config import Settings
 from twotier.infra.service import Service
 from twotier.naming import model_name
 from twotier.pipelines.materialize import materialization_metadata, materialize_project
@@ -79,13 +80,7 @@ class FakeServing:
 def graph_settings(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Settings:
     """The test stack with an offline store of this module and the test project declared."""
     data = tmp_path_factory.mktemp("pipeline-graph") / "offline"
-    projects = {**settings.projects, PROJECT: settings.project_features("movielens")}
-    return settings.model_copy(
-        update={
-            "offline_store": ClickHouseOfflineStoreConfig(dsn=f"chdb://{data}"),
-            "projects": projects,
-        }
-    )
+    return with_offline_store(settings, data, {PROJECT: settings.project_features("movielens")})
 
 
 @pytest.fixture(scope="module")

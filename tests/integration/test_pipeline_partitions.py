@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from offline_stores import with_offline_store
 
-from twotier.config import ClickHouseOfflineStoreConfig, Settings
+from twotier.config import Settings
 from twotier.experiments import Experiment, ExperimentGroup, assign, record_shuffle
 from twotier.features.offline import materialize_all_snapshots
 from twotier.models.datasets import read_group_set, read_tier_one_set, read_tier_two_set
@@ -46,12 +47,7 @@ def parts_settings(settings: Settings, tmp_path_factory: pytest.TempPathFactory)
     features = settings.project_features("movielens").model_copy(
         update={"experiments": (EXPERIMENT,)}
     )
-    return settings.model_copy(
-        update={
-            "offline_store": ClickHouseOfflineStoreConfig(dsn=f"chdb://{data}"),
-            "projects": {**settings.projects, PROJECT: features},
-        }
-    )
+    return with_offline_store(settings, data, {PROJECT: features})
 
 
 @pytest.fixture(scope="module")

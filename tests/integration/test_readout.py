@@ -17,8 +17,9 @@ import dagster as dg
 import numpy as np
 import pandas as pd
 import pytest
+from offline_stores import with_offline_store
 
-from twotier.config import ClickHouseOfflineStoreConfig, Settings
+from twotier.config import Settings
 from twotier.experiment_stats import ratio_difference, two_proportions
 from twotier.experiments import Experiment, ExperimentGroup, ExperimentReadout
 from twotier.features.spec import ProjectFeatures
@@ -110,12 +111,7 @@ def store(
     settings: Settings, features: ProjectFeatures, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[OfflineStore]:
     data = tmp_path_factory.mktemp("readout") / "offline"
-    local = settings.model_copy(
-        update={
-            "offline_store": ClickHouseOfflineStoreConfig(dsn=f"chdb://{data}"),
-            "projects": {**settings.projects, PROJECT: features},
-        }
-    )
+    local = with_offline_store(settings, data, {PROJECT: features})
     with open_offline_store(local) as opened:
         opened.ensure_tables(PROJECT)
         yield opened
@@ -306,12 +302,7 @@ def test_dagster_assets_store_days_plot_and_warn_on_harm_and_small_samples(
     features = settings.project_features("movielens").model_copy(
         update={"experiments": (EXPERIMENT, SMALL)}
     )
-    local = settings.model_copy(
-        update={
-            "offline_store": ClickHouseOfflineStoreConfig(dsn=f"chdb://{root / 'offline'}"),
-            "projects": {**settings.projects, DG_PROJECT: features},
-        }
-    )
+    local = with_offline_store(settings, root / "offline", {DG_PROJECT: features})
     # "ab": treatment much worse than control on both days; "small": 10 users a day.
     frames = [
         _simulated_events(1600, 0.12, 0.04, seed=k, day=day_start_ms(day))
