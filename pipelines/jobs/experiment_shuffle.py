@@ -51,10 +51,7 @@ def make_experiment_shuffle_job(project: str, experiments: list[Experiment]) -> 
             )
         with offline_store.open() as offline, online_store.open() as online:
             done = shuffle_with_stores(offline, online, project, experiment, force=config.force)
-        context.log.info(
-            f"experiment {done.experiment}: shuffle {done.previous} -> {done.shuffle} from "
-            f"{done.started_ts} ({done.reason})"
-        )
+        context.log.info(f"experiment {done.summary}")
         return done.shuffle
 
     @dg.job(

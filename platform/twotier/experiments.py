@@ -18,6 +18,7 @@ Example:
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import json
 import math
@@ -214,10 +215,16 @@ def record_shuffle(
     return True
 
 
+def in_force(experiment: Experiment, recorded: int | None) -> int:
+    """The generation assigned with: the configured ``shuffle``, or a later ``recorded`` one
+    (``twotier experiments shuffle`` moves past the configuration; a configuration behind
+    the record does not move it back)."""
+    return max(experiment.shuffle, recorded or 0)
+
+
 def generation_in_force(history: pd.DataFrame, experiment: Experiment) -> int:
-    """The generation serving assigns with: the configured one or a later recorded one."""
-    recorded = int(history["shuffle"].max()) if not history.empty else 0
-    return max(experiment.shuffle, recorded)
+    """``in_force`` with the latest generation of ``shuffle_history`` rows."""
+    return in_force(experiment, None if history.empty else int(history["shuffle"].max()))
 
 
 def shuffle_history(store: OfflineStore, project: str, experiment: str) -> pd.DataFrame:
@@ -235,6 +242,11 @@ def shuffle_history(store: OfflineStore, project: str, experiment: str) -> pd.Da
             {"shuffle": pd.Series(dtype="int64"), "started_ts": pd.Series(dtype="int64")}
         )
     return frame.astype({"shuffle": "int64", "started_ts": "int64"})
+
+
+def utc_time(ts_ms: int) -> str:
+    """A generation's start (ms) as people read it: ``YYYY-MM-DD HH:MM:SS UTC``."""
+    return f"{dt.datetime.fromtimestamp(ts_ms / 1000, dt.UTC):%Y-%m-%d %H:%M:%S} UTC"
 
 
 def shuffles_at(history: pd.DataFrame, ts: Iterable[int], first: int = 1) -> list[int]:
@@ -269,7 +281,9 @@ __all__ = [
     "assign_many",
     "generation_in_force",
     "groups_at",
+    "in_force",
     "record_shuffle",
     "shuffle_history",
     "shuffles_at",
+    "utc_time",
 ]

@@ -7,7 +7,6 @@ rates, the difference against control with a 95% interval and a p-value);
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import math
 import time
@@ -200,11 +199,9 @@ def shuffle_command(
             f"cannot shuffle {experiment!r}: {exc}; run it again when the stores answer "
             "(a shuffle already recorded offline is finished, not repeated)"
         ) from None
-    started = dt.datetime.fromtimestamp(done.started_ts / 1000, dt.UTC)
     typer.echo(
-        f"{done.experiment}: shuffle {done.previous} -> {done.shuffle} from "
-        f"{started:%Y-%m-%d %H:%M:%S} UTC ({done.reason}); serving switches within "
-        f"{state.settings().serving.experiment_generation_ttl_s:g} s"
+        f"{done.summary}; serving switches within "
+        f"{settings.serving.experiment_generation_ttl_s:g} s"
     )
 
 

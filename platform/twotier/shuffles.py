@@ -13,7 +13,14 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from twotier.errors import TwotierError
-from twotier.experiments import Experiment, generation_in_force, record_shuffle, shuffle_history
+from twotier.experiments import (
+    Experiment,
+    generation_in_force,
+    in_force,
+    record_shuffle,
+    shuffle_history,
+    utc_time,
+)
 
 if TYPE_CHECKING:
     from twotier.config import Settings
@@ -45,6 +52,14 @@ class ShuffleResult:
     started_ts: int
     reason: str
 
+    @property
+    def summary(self) -> str:
+        """``<experiment>: shuffle <previous> -> <shuffle> from <UTC time> (<reason>)``."""
+        return (
+            f"{self.experiment}: shuffle {self.previous} -> {self.shuffle} from "
+            f"{utc_time(self.started_ts)} ({self.reason})"
+        )
+
 
 def shuffle_with_stores(
     offline: OfflineStore,
@@ -68,8 +83,8 @@ def shuffle_with_stores(
     now = time.time_ns() // 1_000_000 if now_ms is None else now_ms
     history = shuffle_history(offline, project, experiment.name)
     previous = generation_in_force(history, experiment)
-    told = online.experiment_generation(project, experiment.name)
-    if previous > max(experiment.shuffle, told or 0):
+    serving = in_force(experiment, online.experiment_generation(project, experiment.name))
+    if previous > serving:
         # An earlier shuffle recorded its generation offline, then the online write
         # failed: finish that one instead of starting another.
         started = int(history.loc[history["shuffle"] == previous, "started_ts"].min())
@@ -77,7 +92,7 @@ def shuffle_with_stores(
         return ShuffleResult(
             project,
             experiment.name,
-            max(experiment.shuffle, told or 0),
+            serving,
             previous,
             started,
             "finished an interrupted shuffle (recorded offline, not yet online)",

@@ -8,13 +8,18 @@ reshuffle therefore moves only the rows after it.
 """
 
 # No `from __future__ import annotations`: Dagster reads the annotations.
-import datetime as dt
 import time
 
 import dagster as dg
 import pandas as pd
 
-from twotier.experiments import assign_many, record_shuffle, shuffle_history, shuffles_at
+from twotier.experiments import (
+    assign_many,
+    record_shuffle,
+    shuffle_history,
+    shuffles_at,
+    utc_time,
+)
 from twotier.features.spec import ProjectFeatures
 from twotier.models.datasets import read_tier_two_set, write_group_sets
 from twotier.pipelines.assets.keys import (
@@ -27,10 +32,6 @@ from twotier.pipelines.assets.keys import (
 from twotier.pipelines.assets.partitions import SINGLE_RUN, windows_ms
 from twotier.pipelines.resources import OfflineStoreResource
 from twotier.pipelines.resources.offline_store import OFFLINE_STORE_POOL
-
-
-def _utc(ms: int) -> str:
-    return f"{dt.datetime.fromtimestamp(ms / 1000, dt.UTC):%Y-%m-%d %H:%M:%S} UTC"
 
 
 def make_experiment_training_sets(
@@ -64,7 +65,7 @@ def make_experiment_training_sets(
                 if record_shuffle(store, project, experiment, started_ts=now_ms):
                     context.log.info(
                         f"experiment {experiment.name}: shuffle {experiment.shuffle} recorded "
-                        f"as starting now ({_utc(now_ms)})"
+                        f"as starting now ({utc_time(now_ms)})"
                     )
             histories = {e.name: shuffle_history(store, project, e.name) for e in experiments}
             for model in models:
