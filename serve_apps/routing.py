@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from twotier.experiments import Experiment, assign
+from twotier.experiments import Experiment, assign, in_force
 from twotier.features.spec import ProjectFeatures
 
 if TYPE_CHECKING:
@@ -53,15 +53,20 @@ class Route:
 
 
 class Generations:
-    """The generation in force per experiment, read from the online store at most every
-    ``ttl_s`` seconds; the configured ``shuffle`` when the store has none (or a lower one)
-    or cannot be read.
+    """The generation in force per experiment, as the online store records it, refreshed
+    every ``ttl_s`` seconds; the configured ``shuffle`` when the store has none (or a lower
+    one) or cannot be read.
+
+    Only an experiment's first read waits for the store. After it, a stale value is
+    served while a background thread reads the new one, so requests never wait on the
+    store (nor on its timeouts while it is down).
     """
 
     def __init__(self, store: OnlineStore | None, ttl_s: float = 1.0) -> None:
         self.store = store
         self.ttl_s = ttl_s
         self._cache: dict[tuple[str, str], tuple[float, int | None]] = {}
+        self._refreshing: set[tuple[str, str]] = set()
         self._lock = threading.Lock()
 
     def get(self, project: str, experiment: Experiment) -> int:
@@ -69,20 +74,37 @@ class Generations:
         if self.store is None:
             return experiment.shuffle
         key = (project, experiment.name)
-        now = time.monotonic()
         with self._lock:
             cached = self._cache.get(key)
-        if cached is not None and now - cached[0] < self.ttl_s:
-            recorded = cached[1]
-        else:
-            try:
-                recorded = self.store.experiment_generation(project, experiment.name)
-            except Exception as exc:  # a dead store must not fail requests: keep the last
-                logger.warning("experiment %s/%s: generation unreadable (%s)", *key, exc)
-                recorded = cached[1] if cached is not None else None
-            with self._lock:
-                self._cache[key] = (now, recorded)
-        return max(experiment.shuffle, recorded or 0)
+            refresh = (
+                cached is not None
+                and time.monotonic() - cached[0] >= self.ttl_s
+                and key not in self._refreshing
+            )
+            if refresh:
+                self._refreshing.add(key)
+        if cached is None:
+            return in_force(experiment, self._read(key, None))
+        if refresh:
+            threading.Thread(
+                target=self._read,
+                args=(key, cached[1]),
+                name=f"twotier-generations {project}/{experiment.name}",
+                daemon=True,
+            ).start()
+        return in_force(experiment, cached[1])
+
+    def _read(self, key: tuple[str, str], last: int | None) -> int | None:
+        assert self.store is not None
+        try:
+            recorded = self.store.experiment_generation(*key)
+        except Exception as exc:  # a dead store must not fail requests: keep the last
+            logger.warning("experiment %s/%s: generation unreadable (%s)", *key, exc)
+            recorded = last
+        with self._lock:
+            self._cache[key] = (time.monotonic(), recorded)
+            self._refreshing.discard(key)
+        return recorded
 
 
 def route(

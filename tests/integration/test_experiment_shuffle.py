@@ -8,6 +8,7 @@ unless forced; the Dagster job does the same through its resources.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator
 
@@ -150,24 +151,41 @@ def test_the_dagster_job_shuffles_through_its_resources(
     assert not failed.success
 
 
+def _unreachable(local: Settings) -> OnlineStore:
+    """An online store on a port nothing listens on (refused at once, 300 ms to give up)."""
+    from twotier.online_store.mongodb import MongoDBOnlineStore
+
+    uri = "mongodb://127.0.0.1:9/?directConnection=true"
+    nowhere = local.model_copy(
+        update={"online_store": local.online_store.model_copy(update={"uri": uri})}
+    )
+    return MongoDBOnlineStore.from_settings(nowhere, serverSelectionTimeoutMS=300)
+
+
 def test_an_unreachable_online_store_records_nothing(
     local: Settings, offline: OfflineStore
 ) -> None:
-    from twotier.online_store.mongodb import MongoDBOnlineStore
-
     experiment = _experiment(local, "unreachable_ab")
-    nowhere = local.model_copy(
-        update={
-            "online_store": local.online_store.model_copy(
-                update={"uri": "mongodb://127.0.0.1:9/?directConnection=true"}
-            )
-        }
-    )
-    dead = MongoDBOnlineStore.from_settings(nowhere, serverSelectionTimeoutMS=300)
-    with pytest.raises(OnlineStoreError, match="cannot read document 'unreachable_ab'"):
+    refused = pytest.raises(OnlineStoreError, match="cannot read document 'unreachable_ab'")
+    with _unreachable(local) as dead, refused:
         shuffle_with_stores(offline, dead, PROJECT, experiment, now_ms=NOW, force=True)
-    dead.close()
     assert shuffle_history(offline, PROJECT, "unreachable_ab").empty
+
+
+def test_after_the_first_read_requests_never_wait_on_the_store(local: Settings) -> None:
+    experiment = _experiment(local, "dead_store_ab")
+    with _unreachable(local) as dead:
+        generations = Generations(dead, ttl_s=0.0)  # every call finds the value stale
+        # The first read waits (there is nothing to serve yet) and falls back to the
+        # configured generation.
+        assert generations.get(PROJECT, experiment) == experiment.shuffle
+        # Later calls answer from the cache while one background read waits on the store.
+        later = [generations.get(PROJECT, experiment) for _ in range(5)]
+        assert later == [experiment.shuffle] * 5
+        name = f"twotier-generations {PROJECT}/dead_store_ab"
+        refreshing = [t for t in threading.enumerate() if t.name == name]
+        assert len(refreshing) == 1
+        refreshing[0].join(10)
 
 
 def test_a_shuffle_interrupted_before_the_online_write_is_finished_not_repeated(
